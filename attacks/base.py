@@ -1,0 +1,76 @@
+"""What every attack shares: target mapping, the poison-index draw, and the
+interface the engine calls. Triggers themselves are pure functions in each
+attack's module."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class AttackParams:
+    target: int = 0
+    poison_rate: float | None = None  # None: the threat setting's default (methods.md section 2)
+    all_to_all: bool = False  # y -> (y + 1) mod K instead of every sample -> target
+
+    def __post_init__(self) -> None:
+        if self.target < 0:
+            raise ValueError(f"target must be >= 0, got {self.target}")
+        if self.poison_rate is not None and not 0.0 <= self.poison_rate <= 1.0:
+            raise ValueError(f"poison_rate must be in [0, 1], got {self.poison_rate}")
+
+
+def target_labels(labels: torch.Tensor, target: int, num_classes: int, all_to_all: bool) -> torch.Tensor:
+    """The label each triggered sample should be given."""
+    if all_to_all:
+        return (labels + 1) % num_classes
+    return torch.full_like(labels, target)
+
+
+def poison_indices(
+    labels: torch.Tensor, rate: float, target: int, seed: int, clean_label: bool = False, all_to_all: bool = False
+) -> torch.Tensor:
+    """Indices of the train samples to poison, drawn with the attack seed.
+
+    rate is a fraction of the whole train set. Dirty-label attacks draw from samples
+    whose label is not the target (for all-to-all, from every sample); clean-label
+    attacks draw only from the target class, and never more than it holds.
+    """
+    labels_np = labels.numpy()
+    if clean_label:
+        pool = np.flatnonzero(labels_np == target)
+    elif all_to_all:
+        pool = np.arange(len(labels_np))
+    else:
+        pool = np.flatnonzero(labels_np != target)
+    n = min(len(pool), round(rate * len(labels_np)))
+    rng = np.random.default_rng(seed)
+    return torch.from_numpy(np.sort(rng.choice(pool, size=n, replace=False))).long()
+
+
+class Attack(abc.ABC):
+    """Base class. Subclasses set `Params`, and implement `apply` as a call to a pure
+    trigger function. Instances are built from (params, image shape, seed) so the
+    trigger is a deterministic function of the config."""
+
+    Params: type[AttackParams] = AttackParams
+    clean_label: bool = False
+    has_trigger: bool = True
+
+    def __init__(self, params: AttackParams, image_shape: tuple[int, int, int], seed: int):
+        self.params = params
+        self.image_shape = image_shape
+        self.seed = seed
+
+    @abc.abstractmethod
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """Triggered copy of a batch (N, C, H, W) in [0, 1]."""
+
+    def save_trigger(self, folder: Path) -> list[str]:
+        """Save what a person needs to see the trigger; return the file names."""
+        return []

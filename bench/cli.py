@@ -1,0 +1,202 @@
+"""The `bench` command. Thin: parses arguments, then calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from bench.config import ConfigError, load_suite, suite_names
+from bench.registry import UnknownNameError
+
+console = Console(stderr=True)
+out = Console()
+
+
+def _load_plugins() -> None:
+    # Importing these packages registers the built-in methods, data and models.
+    import attacks  # noqa: F401
+    import bench.data.builtin
+    import bench.models
+    import bench.settings  # noqa: F401
+    import defenses  # noqa: F401
+
+
+def _threads() -> None:
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", os.cpu_count() or 1)))
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from bench.registry import ATTACKS, DATASETS, DEFENSES, MODELS, SETTINGS
+
+    if args.what == "suites":
+        table = Table("suite", "description")
+        for name in suite_names():
+            table.add_row(name, load_suite(name).description)
+        out.print(table)
+        return 0
+    reg = {"attacks": ATTACKS, "defenses": DEFENSES, "datasets": DATASETS, "models": MODELS, "settings": SETTINGS}[
+        args.what
+    ]
+    table = Table(args.what[:-1], "settings", "description")
+    for e in reg:
+        table.add_row(e.name, ",".join(e.settings) or "-", e.description)
+    out.print(table)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench import leaderboard
+    from bench.grid import Selection, plan_grid, run_serial
+    from bench.store import Store
+
+    suite = load_suite(args.suite)
+    sel = Selection(args.attacks, args.defenses, args.models, args.datasets, args.settings, args.seeds)
+    plan = plan_grid(suite, sel)
+    for cell, reason in plan.skipped:
+        console.print(f"[yellow]skip[/] {cell}: {reason}")
+    if not plan.trials:
+        console.print("[red]nothing to run[/]: every requested cell was skipped")
+        return 1
+    _threads()
+    store = Store(args.results)
+    console.print(
+        f"suite [bold]{suite.name}[/]: {len(plan.artifacts)} attack artifacts, {len(plan.trials)} trials -> {store.root}"
+    )
+    with Progress(
+        TextColumn("[bold]{task.fields[label]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=console,
+        transient=False,
+    ) as bar:
+        task = bar.add_task("grid", total=len(plan.trials), label="trials", status="")
+
+        def start(label: str) -> None:
+            bar.update(task, label=label, status="")
+
+        def end(record: dict, reused: bool) -> None:
+            c = record["config"]
+            tag = "reused" if reused else record["status"]
+            bar.console.print(
+                f"  {tag:>6}  {c['model']}/{c['dataset']}/{c['setting']}/{c['attack']}/{c['defense']}/seed{c['seed']}"
+            )
+            bar.advance(task)
+
+        summary = run_serial(plan, store, start, end, progress=lambda m: bar.update(task, status=m))
+    console.print(
+        f"{summary.computed} computed, {summary.reused} reused, {len(summary.failed)} failed in {summary.wall_s:.1f} s"
+    )
+    paths = leaderboard.write(summary.records, suite.name, Path(args.leaderboards))
+    out.print(Path(paths["markdown"]).read_text())
+    console.print(f"leaderboard: {paths['markdown']}, {paths['csv']}")
+    for label, err in summary.failed:
+        console.print(f"[red]failed[/] {label}: {err}")
+    return 1 if summary.failed else 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from bench import leaderboard
+    from bench.store import Store
+
+    store = Store(args.results)
+    records = [r for r in store.records() if r["config"].get("suite") == args.suite]
+    if not records:
+        console.print(f"[red]no records[/] for suite {args.suite!r} under {store.root}")
+        return 1
+    paths = leaderboard.write(records, args.suite, Path(args.leaderboards))
+    out.print(Path(paths["markdown"]).read_text())
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from bench.pretrain import PretrainConfig, checkpoint_path, get_pretrained
+
+    cfg = PretrainConfig(steps=args.steps, seed=args.seed)
+    _threads()
+    with Progress(
+        TextColumn("pre-training tiny-clip"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[loss]}"),
+        console=console,
+    ) as bar:
+        task = bar.add_task("pretrain", total=cfg.steps, loss="")
+        _, info = get_pretrained(
+            cfg, on_step=lambda s, loss: bar.update(task, completed=s + 1, loss=f"loss {loss:.3f}"), force=args.force
+        )
+    out.print_json(data={"checkpoint": str(checkpoint_path(cfg)) + ".safetensors", **info})
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bench", description="Benchmark backdoor defenses on CLIP and image classifiers.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run a grid of attacks x defenses and print the leaderboard")
+    r.add_argument("--suite", default="micro", help="built-in suite name or a suite .yaml (default: micro)")
+    r.add_argument("--attacks", help="comma list or 'all' (default: the suite's)")
+    r.add_argument("--defenses", help="comma list or 'all' (default: the suite's)")
+    r.add_argument("--models", help="comma list or 'all'")
+    r.add_argument("--datasets", help="comma list or 'all'")
+    r.add_argument("--settings", help="comma list or 'all'")
+    r.add_argument("--seeds", help="comma list of integers")
+    r.add_argument("--results", default="results", help="storage root for artifacts and records (default: ./results)")
+    r.add_argument(
+        "--leaderboards", default="leaderboards", help="where leaderboard files go (default: ./leaderboards)"
+    )
+    r.set_defaults(func=cmd_run)
+
+    ls = sub.add_parser("list", help="list registered attacks, defenses, datasets, models, settings or suites")
+    ls.add_argument("what", choices=["attacks", "defenses", "datasets", "models", "settings", "suites"])
+    ls.set_defaults(func=cmd_list)
+
+    lb = sub.add_parser("leaderboard", help="rebuild leaderboard tables from stored records")
+    lb.add_argument("--suite", default="micro")
+    lb.add_argument("--results", default="results")
+    lb.add_argument("--leaderboards", default="leaderboards")
+    lb.set_defaults(func=cmd_leaderboard)
+
+    pt = sub.add_parser("pretrain", help="(re)produce the tiny-clip checkpoint")
+    pt.add_argument("--steps", type=int, default=None)
+    pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--force", action="store_true", help="train even if the cache has it")
+    pt.set_defaults(func=cmd_pretrain)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "steps", 1) is None:
+        from bench.pretrain import PretrainConfig
+
+        args.steps = PretrainConfig.steps
+    _load_plugins()
+    try:
+        return args.func(args)
+    except (UnknownNameError, ConfigError) as e:
+        console.print(f"bench: error: {e}", highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        console.print("interrupted: completed records are kept; rerun the same command to finish")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

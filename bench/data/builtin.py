@@ -1,0 +1,122 @@
+"""The built-in offline datasets: `shapes`, `colors`, `digits`, and the captioned
+pre-training corpus of the tiny CLIP.
+
+Zero-shot templates come from the same family of phrasings as the pre-training
+captions, the way CLIP's prompts resemble web alt-text.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from bench.data import shapes as gen
+from bench.data.base import LabeledDataset, Split, cached_arrays
+from bench.registry import DATASETS
+
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+SHAPE_TEMPLATES = ["a photo of a {}.", "a drawing of a {}.", "a {} shape."]
+COLOR_TEMPLATES = ["a photo of something {}.", "a {} object."]
+DIGIT_TEMPLATES = ["a photo of the number {}.", "a handwritten digit {}.", "the digit {}."]
+
+# Split sizes: the validation split holds >= 1000 images so that TBAR's 5% CA
+# tolerance is well above its standard error (methods.md, tbar step 5).
+GEN_SIZES = {"train": 8000, "val": 1000, "test": 2000}
+_GEN_SEEDS = {"shapes": 1000, "colors": 2000, "corpus": 3000}
+
+
+def _generated(name: str, attr: int) -> LabeledDataset:
+    def build() -> dict[str, np.ndarray]:
+        out = {}
+        for i, (split, n) in enumerate(GEN_SIZES.items()):
+            images, attrs = gen.generate(n, _GEN_SEEDS[name] + i)
+            out[f"{split}_x"], out[f"{split}_y"] = images, attrs[:, attr]
+        return out
+
+    arrays = cached_arrays({"name": name, "sizes": GEN_SIZES, "v": 1}, build)
+    splits = {s: Split(torch.from_numpy(arrays[f"{s}_x"]), torch.from_numpy(arrays[f"{s}_y"])) for s in GEN_SIZES}
+    if name == "shapes":
+        return LabeledDataset("shapes", list(gen.SHAPES), SHAPE_TEMPLATES, **splits)
+    return LabeledDataset("colors", list(gen.COLOR_NAMES), COLOR_TEMPLATES, **splits)
+
+
+@DATASETS.register("shapes", "procedural 32x32 images; label = which of 10 shapes (built in, offline)")
+def shapes() -> LabeledDataset:
+    return _generated("shapes", 0)
+
+
+@DATASETS.register("colors", "procedural 32x32 images; label = which of 8 colours (control task)")
+def colors() -> LabeledDataset:
+    return _generated("colors", 1)
+
+
+def _digit_arrays() -> dict[str, np.ndarray]:
+    from sklearn.datasets import load_digits  # real handwritten digits shipped with scikit-learn
+
+    d = load_digits()
+    x = torch.from_numpy(d.images.astype(np.float32) / 16.0)[:, None]  # (N, 1, 8, 8)
+    x = torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+    x = (x.clamp(0, 1).repeat(1, 3, 1, 1) * 255).round().to(torch.uint8).numpy()
+    y = d.target.astype(np.int64)
+    perm = np.random.default_rng(0).permutation(len(y))
+    cuts = {"train": perm[:1097], "val": perm[1097:1397], "test": perm[1397:]}
+    out = {}
+    for split, idx in cuts.items():
+        out[f"{split}_x"], out[f"{split}_y"] = x[idx], y[idx]
+    return out
+
+
+@DATASETS.register("digits", "scikit-learn's 8x8 handwritten digits upscaled to 32x32 RGB; 1797 images")
+def digits() -> LabeledDataset:
+    arrays = cached_arrays({"name": "digits", "v": 1}, _digit_arrays)
+    splits = {
+        s: Split(torch.from_numpy(arrays[f"{s}_x"]), torch.from_numpy(arrays[f"{s}_y"]))
+        for s in ("train", "val", "test")
+    }
+    return LabeledDataset("digits", list(DIGIT_WORDS), DIGIT_TEMPLATES, **splits)
+
+
+# ---------------------------------------------------------------- pre-training corpus
+
+_BOTH = [
+    "a {color} {shape}.",
+    "a photo of a {color} {shape}.",
+    "a drawing of a {color} {shape}.",
+    "a {color} {shape} on a {bg} background.",
+]
+_SHAPE_ONLY = [
+    "a photo of a {shape}.",
+    "a drawing of a {shape}.",
+    "a {shape} shape.",
+    "a {shape} on a {bg} background.",
+]
+_COLOR_ONLY = ["a photo of something {color}.", "a {color} object.", "something {color} on a {bg} background."]
+
+
+def shape_caption(shape: int, color: int, bg: int, rng: np.random.Generator) -> str:
+    """A caption naming the shape, the colour, or both (and sometimes the background).
+
+    Mixing partial captions in is what lets single-attribute prompts such as
+    "a photo of a star." land near every star, whatever its colour.
+    """
+    r = rng.random()
+    pool = _BOTH if r < 0.5 else _SHAPE_ONLY if r < 0.75 else _COLOR_ONLY
+    template = pool[rng.integers(len(pool))]
+    return template.format(shape=gen.SHAPES[shape], color=gen.COLOR_NAMES[color], bg=gen.BACKGROUNDS[bg])
+
+
+def digit_caption(label: int, rng: np.random.Generator) -> str:
+    return DIGIT_TEMPLATES[rng.integers(len(DIGIT_TEMPLATES))].format(DIGIT_WORDS[label])
+
+
+def corpus(n_shapes: int, seed: int) -> tuple[torch.Tensor, list[tuple[int, int, int]], Split]:
+    """The pre-training corpus: generated shape images with their attributes, and the
+    digits train split. Captions are drawn per step (see `caption_batch`) so every
+    image is seen with several phrasings."""
+    arrays = cached_arrays(
+        {"name": "corpus", "n": n_shapes, "seed": seed, "v": 1},
+        lambda: dict(zip(("x", "a"), gen.generate(n_shapes, _GEN_SEEDS["corpus"] + seed), strict=True)),
+    )
+    attrs = [tuple(int(v) for v in row) for row in arrays["a"]]
+    return torch.from_numpy(arrays["x"]), attrs, digits().train

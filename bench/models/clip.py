@@ -1,0 +1,119 @@
+"""open_clip CLIP victims: architecture configs, tokenisation and the zero-shot head."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+from torch import nn
+
+# Inputs are [0, 1] images; the models normalise internally with these constants.
+MEAN = (0.5, 0.5, 0.5)
+STD = (0.25, 0.25, 0.25)
+
+
+@dataclass(frozen=True)
+class ClipArch:
+    """A small open_clip CLIP config. The image tower is open_clip's ModifiedResNet:
+    a ViT with 4x4 patches did not learn shape in a 10-minute CPU pre-training,
+    a convolutional tower does."""
+
+    embed_dim: int = 128
+    vision_layers: tuple[int, int, int, int] = (1, 1, 1, 1)
+    vision_width: int = 16
+    vision_head_width: int = 32
+    image_size: int = 32
+    context_length: int = 16
+    text_width: int = 128
+    text_heads: int = 4
+    text_layers: int = 2
+    vocab_size: int = 49408  # open_clip's BPE tokenizer, which ships with the package
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["vision_layers"] = list(self.vision_layers)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ClipArch:
+        d = dict(d)
+        d["vision_layers"] = tuple(d["vision_layers"])
+        return cls(**d)
+
+
+def build_clip(arch: ClipArch) -> CLIP:
+    return CLIP(
+        embed_dim=arch.embed_dim,
+        vision_cfg=CLIPVisionCfg(
+            layers=arch.vision_layers,
+            width=arch.vision_width,
+            head_width=arch.vision_head_width,
+            image_size=arch.image_size,
+        ),
+        text_cfg=CLIPTextCfg(
+            context_length=arch.context_length,
+            vocab_size=arch.vocab_size,
+            width=arch.text_width,
+            heads=arch.text_heads,
+            layers=arch.text_layers,
+        ),
+    )
+
+
+def tokenize(texts: list[str], context_length: int) -> torch.Tensor:
+    return open_clip.tokenize(texts, context_length=context_length)
+
+
+def normalize_images(x: torch.Tensor) -> torch.Tensor:
+    mean = torch.tensor(MEAN, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(STD, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+@torch.no_grad()
+def zeroshot_weights(model: CLIP, classnames: list[str], templates: list[str], context_length: int) -> torch.Tensor:
+    """methods.md section 1: per class, encode every template, L2-normalise, average,
+    L2-normalise again; stack into W (classes x dim)."""
+    was_training = model.training
+    model.eval()
+    rows = []
+    for name in classnames:
+        tokens = tokenize([t.format(name) for t in templates], context_length)
+        emb = F.normalize(model.encode_text(tokens), dim=-1).mean(0)
+        rows.append(F.normalize(emb, dim=-1))
+    model.train(was_training)
+    return torch.stack(rows)
+
+
+class ZeroShotClassifier(nn.Module):
+    """CLIP image encoder + frozen zero-shot head: the `finetune` setting's victim.
+
+    logits = logit_scale.exp() * normalize(image_features) @ W.T. Only the image
+    tower's parameters are trainable; W and the scale are buffers, so task vectors
+    over `parameters()` are exactly the image encoder's.
+    """
+
+    def __init__(self, visual: nn.Module, head: torch.Tensor, logit_scale: float):
+        super().__init__()
+        self.visual = visual
+        self.register_buffer("head", head.clone())
+        self.register_buffer("logit_scale", torch.tensor(float(logit_scale)))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.visual(normalize_images(x)), dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logit_scale.exp() * self.features(x) @ self.head.T
+
+    def with_head(self, head: torch.Tensor) -> ZeroShotClassifier:
+        """The same image encoder (shared, not copied) behind another dataset's head."""
+        return ZeroShotClassifier(self.visual, head, float(self.logit_scale))
+
+    @classmethod
+    def from_clip(cls, model: CLIP, head: torch.Tensor) -> ZeroShotClassifier:
+        return cls(copy.deepcopy(model.visual), head, float(model.logit_scale.detach()))

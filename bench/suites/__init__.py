@@ -1,0 +1,1 @@
+"""Built-in suite files (YAML). `bench list suites` lists them."""

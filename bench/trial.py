@@ -1,0 +1,289 @@
+"""One unit of grid work: stage 1 builds an attack artifact, stage 2 runs one
+defense on it and writes the result record. Both are plain functions of a config
+dict and a store, so the serial executor and Ray run exactly the same code."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import socket
+import subprocess
+import time
+import traceback
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from attacks.base import Attack, poison_indices, target_labels
+from bench import metrics
+from bench.config import from_dict
+from bench.data.base import LabeledDataset, Split, load_dataset
+from bench.registry import ATTACKS, DEFENSES, SETTINGS
+from bench.store import SCHEMA, Store, config_hash, load_weights, read_json, save_weights
+from bench.train import TrainSpec, index_batches, train
+from defenses.base import DefenseContext, KnownAttack
+
+Progress = Callable[[str], None]
+
+
+def subseed(seed: int, purpose: str) -> int:
+    """Independent, stable seeds for each random choice of a trial."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{purpose}".encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
+def artifact_id(acfg: dict) -> str:
+    return config_hash({k: v for k, v in acfg.items() if k != "suite"})
+
+
+def trial_id(tcfg: dict) -> str:
+    return config_hash({k: v for k, v in tcfg.items() if k != "suite"})
+
+
+def defender_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(defender pool indices, attacker indices) of a train split of size n, drawn
+    once per seed. The pool order is shuffled, so any prefix is a random subset."""
+    perm = torch.from_numpy(np.random.default_rng(subseed(seed, "defender-split")).permutation(n))
+    k = round(fraction * n)
+    return perm[:k], perm[k:]
+
+
+def build_attack(acfg: dict, image_shape: tuple[int, int, int]) -> Attack:
+    cls = ATTACKS.get(acfg["attack"])
+    params = from_dict(cls.Params, acfg["attack_params"], f"attack_params.{acfg['attack']}")
+    return cls(params, image_shape, subseed(acfg["seed"], "trigger"))
+
+
+def _targets(attack: Attack, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    return target_labels(labels, attack.params.target, num_classes, attack.params.all_to_all)
+
+
+def evaluate(model, attack: Attack, ds: LabeledDataset, split: Split | None = None) -> dict[str, float | None]:
+    """CA on clean images, and ASR and RA on triggered ones (test split by default)."""
+    data = split if split is not None else ds.test
+    x = data.x
+    out: dict[str, float | None] = {
+        "ca": metrics.accuracy(metrics.predict(model, x), data.labels),
+        "asr": None,
+        "ra": None,
+    }
+    if attack.has_trigger:
+        pred = metrics.predict(model, attack.apply(x))
+        t = _targets(attack, data.labels, ds.num_classes)
+        out["asr"] = metrics.attack_success_rate(pred, data.labels, t)
+        out["ra"] = metrics.robust_accuracy(pred, data.labels, t)
+    return out
+
+
+def check_cell(acfg: dict) -> str | None:
+    """None when the (model, setting, attack) cell can run, else the reason to skip it."""
+    setting = SETTINGS.get(acfg["setting"])()
+    reason = setting.check_model(acfg["model"])
+    if reason:
+        return reason
+    if acfg["setting"] not in ATTACKS.entry(acfg["attack"]).settings:
+        return f"attack {acfg['attack']!r} does not support setting {acfg['setting']!r}"
+    return None
+
+
+# ---------------------------------------------------------------- stage 1
+
+
+def run_attack(acfg: dict, store: Store, progress: Progress = lambda m: None) -> dict:
+    """Implant the backdoor (or, for attack `none`, train cleanly) and save the artifact."""
+    aid = artifact_id(acfg)
+    folder = store.artifact_dir(aid)
+    if store.artifact_done(aid):
+        return read_json(folder / "model.json")
+    start = time.perf_counter()
+    ds = load_dataset(acfg["dataset"])
+    setting = SETTINGS.get(acfg["setting"])()
+    attack = build_attack(acfg, tuple(ds.train.images.shape[1:]))
+    rate = attack.params.poison_rate if attack.params.poison_rate is not None else setting.default_poison_rate
+
+    _, attacker_idx = defender_split(len(ds.train), acfg["defender_fraction"], acfg["seed"])
+    data = ds.train.subset(attacker_idx)
+    x, y = data.x, data.labels.clone()
+    pidx = poison_indices(
+        y, rate, attack.params.target, subseed(acfg["seed"], "poison"), attack.clean_label, attack.params.all_to_all
+    )
+    if attack.has_trigger and len(pidx):
+        x[pidx] = attack.apply(x[pidx])
+        if not attack.clean_label:
+            y[pidx] = _targets(attack, y[pidx], ds.num_classes)
+
+    progress("preparing victim")
+    victim = setting.victim(acfg["model"], acfg["model_params"], ds, subseed(acfg["seed"], "init"))
+    training = from_dict(setting.Params, acfg["setting_params"], f"setting_params.{acfg['setting']}")
+    spec: TrainSpec = training.spec(freeze_norm_stats=not setting.attack_updates_norm_stats)
+    gen = torch.Generator().manual_seed(subseed(acfg["seed"], "batches"))
+    torch.manual_seed(subseed(acfg["seed"], "train"))
+
+    def batches():
+        for idx in index_batches(len(y), spec.batch_size, gen):
+            yield x[idx], y[idx]
+
+    def on_step(step: int, loss: float) -> None:
+        if step % 10 == 0:
+            progress(f"attack training {step}/{spec.steps} loss {loss:.3f}")
+
+    stats = train(victim, setting.loss, batches(), spec, on_step=on_step)
+    progress("evaluating backdoored model")
+    test = evaluate(victim, attack, ds)
+    control = setting.control_accuracy(victim, acfg["model"], acfg["model_params"], acfg["control_datasets"])
+    files = attack.save_trigger(folder)
+    meta = {
+        "artifact_id": aid,
+        "config": acfg,
+        "metrics": {**test, "control": control},
+        "poison": {"rate": rate, "n_poisoned": len(pidx), "n_train": len(y)},
+        "training": {
+            "steps": stats.steps,
+            "samples": stats.samples,
+            "wall_s": round(stats.wall_s, 2),
+            "final_loss": stats.final_loss,
+        },
+        "trigger_files": files,
+        "wall_s": round(time.perf_counter() - start, 2),
+        "arch": type(victim).__name__,
+    }
+    save_weights(victim, folder / "model", meta)  # the sidecar goes last: it marks completion
+    return meta
+
+
+# ---------------------------------------------------------------- stage 2
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "torch": torch.__version__}
+    for pkg in ("open_clip_torch", "timm", "ray", "bench-harness"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "not installed"
+    try:
+        root = Path(__file__).resolve().parent.parent
+        out["git_commit"] = (
+            subprocess.run(
+                ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            or "unknown"
+        )
+    except (OSError, subprocess.SubprocessError):
+        out["git_commit"] = "unknown"
+    return out
+
+
+def _record_config(tcfg: dict) -> dict:
+    a = tcfg["artifact"]
+    return {
+        "suite": a["suite"],
+        "model": a["model"],
+        "dataset": a["dataset"],
+        "setting": a["setting"],
+        "attack": a["attack"],
+        "defense": tcfg["defense"],
+        "seed": a["seed"],
+        **{k: v for k, v in a.items() if k not in ("suite", "model", "dataset", "setting", "attack", "seed")},
+        "defense_params": tcfg["defense_params"],
+    }
+
+
+def base_record(tcfg: dict) -> dict:
+    return {
+        "schema": SCHEMA,
+        "trial_id": trial_id(tcfg),
+        "artifact_id": artifact_id(tcfg["artifact"]),
+        "config": _record_config(tcfg),
+        "versions": _versions(),
+        "host": socket.gethostname(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def run_defense(tcfg: dict, store: Store, progress: Progress = lambda m: None) -> dict:
+    """Run one defense on a stored artifact, evaluate on test, write the record."""
+    tid = trial_id(tcfg)
+    existing = store.read_record(tid)
+    if existing is not None and existing["status"] == "ok":
+        return existing
+    record = base_record(tcfg)
+    try:
+        record.update(_defend(tcfg, store, progress))
+        record["status"] = "ok"
+    except Exception as e:  # a failed trial is a record, not a crashed grid
+        record["status"] = "failed"
+        record["error"] = f"{type(e).__name__}: {e}"
+        record["traceback"] = traceback.format_exc(limit=20)
+    store.write_record(record)
+    return record
+
+
+def _defend(tcfg: dict, store: Store, progress: Progress) -> dict:
+    acfg = tcfg["artifact"]
+    meta = run_attack(acfg, store, progress)  # normally already there: stage 1 ran first
+    ds = load_dataset(acfg["dataset"])
+    setting = SETTINGS.get(acfg["setting"])()
+    attack = build_attack(acfg, tuple(ds.train.images.shape[1:]))
+    model = setting.victim(acfg["model"], acfg["model_params"], ds, subseed(acfg["seed"], "init"))
+    load_weights(model, store.artifact_dir(artifact_id(acfg)) / "model")
+    model.eval()
+
+    defense_cls = DEFENSES.get(tcfg["defense"])
+    if acfg["setting"] not in DEFENSES.entry(tcfg["defense"]).settings:
+        raise ValueError(f"defense {tcfg['defense']!r} does not support setting {acfg['setting']!r}")
+    defense = defense_cls(from_dict(defense_cls.Params, tcfg["defense_params"], f"defense_params.{tcfg['defense']}"))
+    pool_idx, _ = defender_split(len(ds.train), acfg["defender_fraction"], acfg["seed"])
+    known = None
+    if defense_cls.uses_attack_knowledge:
+        if not attack.has_trigger:
+            raise ValueError(f"defense {tcfg['defense']!r} needs a trigger; attack {acfg['attack']!r} has none")
+        known = KnownAttack(apply=attack.apply, targets=lambda y: _targets(attack, y, ds.num_classes))
+    ctx = DefenseContext(
+        model=model,
+        setting=setting,
+        dataset=ds,
+        clean_pool=ds.train.subset(pool_idx),
+        val=ds.val,
+        seed=subseed(acfg["seed"], f"defense:{tcfg['defense']}"),
+        train_size=len(ds.train),
+        known=known,
+        progress=progress,
+    )
+    start = time.perf_counter()
+    out = defense.run(ctx)
+    wall = time.perf_counter() - start
+
+    progress("evaluating defended model")
+    test = evaluate(out.model, attack, ds)
+    bd = meta["metrics"]
+    control = setting.control_accuracy(out.model, acfg["model"], acfg["model_params"], acfg["control_datasets"])
+    m: dict = {"ca": test["ca"], "asr": test["asr"], "ra": test["ra"], "control": control}
+    m["backdoored"] = {"ca": bd["ca"], "asr": bd["asr"], "ra": bd["ra"], "control": bd["control"]}
+    m["ca_retention"] = metrics.ca_retention(test["ca"], bd["ca"])
+    if test["asr"] is not None and bd["asr"] is not None:
+        m["asr_removal"] = metrics.asr_removal(bd["asr"], test["asr"])
+        m["der"] = metrics.der(bd["ca"], test["ca"], bd["asr"], test["asr"])
+    else:
+        m["asr_removal"] = m["der"] = None
+    m["control_retention"] = {
+        k: metrics.ca_retention(v, bd["control"][k]) for k, v in control.items() if bd["control"].get(k)
+    }
+    result = {
+        "metrics": m,
+        "cost": {
+            "wall_s": round(wall, 3),
+            "device": str(next(out.model.parameters()).device),
+            **out.meter.as_cost(),
+            "attack_wall_s": meta["wall_s"],
+        },
+        "attack": {"poison": meta["poison"], "training": meta["training"], "trigger_files": meta["trigger_files"]},
+        "defense": out.extra,
+    }
+    if out.curve is not None:
+        result["curve"] = out.curve
+    return result

@@ -1,0 +1,126 @@
+"""What every defense gets (a `DefenseContext`) and returns (a `DefenseOutput`).
+
+A defense sees the backdoored model, the defender's own clean pool (disjoint from
+the attacker's train set), the validation split for tuning, and, only if it
+declares `uses_attack_knowledge`, the attack's trigger and target. It never sees
+the poisoned train set or any test data: the engine evaluates on test afterwards.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.data.base import LabeledDataset, Split
+from bench.settings import Setting
+
+
+@dataclass(frozen=True)
+class KnownAttack:
+    """The attacker's trigger and target mapping, given to known-trigger defenses."""
+
+    apply: Callable[[torch.Tensor], torch.Tensor]
+    targets: Callable[[torch.Tensor], torch.Tensor]  # true labels -> attacker's labels
+
+
+@dataclass
+class DataMeter:
+    """Counts what a defense consumed: unique clean and triggered samples (by pool
+    index), samples seen with repetition, and optimiser steps."""
+
+    clean: set[int] = field(default_factory=set)
+    triggered: set[int] = field(default_factory=set)
+    samples_seen: int = 0
+    steps: int = 0
+
+    def as_cost(self) -> dict[str, int]:
+        return {
+            "clean_samples": len(self.clean),
+            "triggered_samples": len(self.triggered),
+            "samples_seen": self.samples_seen,
+            "steps": self.steps,
+        }
+
+
+@dataclass
+class TrainingSet:
+    """Tensors a defense trains on, each row tagged with its pool index and whether
+    it carries a trigger, so that `stream` can meter consumption."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    pool_index: torch.Tensor
+    triggered: torch.Tensor  # bool
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @staticmethod
+    def concat(*sets: TrainingSet) -> TrainingSet:
+        return TrainingSet(*(torch.cat([getattr(s, f) for s in sets]) for f in ("x", "y", "pool_index", "triggered")))
+
+    def stream(
+        self, batch_size: int, generator: torch.Generator, meter: DataMeter
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        from bench.train import index_batches
+
+        for idx in index_batches(len(self), batch_size, generator):
+            trig = self.triggered[idx]
+            meter.triggered.update(self.pool_index[idx][trig].tolist())
+            meter.clean.update(self.pool_index[idx][~trig].tolist())
+            meter.samples_seen += len(idx)
+            meter.steps += 1
+            yield self.x[idx], self.y[idx]
+
+
+@dataclass
+class DefenseContext:
+    model: nn.Module  # the backdoored victim; the defense may modify it in place
+    setting: Setting
+    dataset: LabeledDataset
+    clean_pool: Split  # the defender's own clean labelled data
+    val: Split  # for tuning, by the rule the defense's docstring states
+    seed: int
+    train_size: int  # size of the full train split, the unit of data fractions
+    known: KnownAttack | None = None
+    progress: Callable[[str], None] = lambda msg: None
+
+    def generator(self, offset: int = 0) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1000 + 17 + offset)
+
+    def clean_subset(self, fraction: float) -> tuple[Split, torch.Tensor]:
+        """The first round(fraction * train_size) samples of the (already shuffled)
+        clean pool, and their pool indices. Nested: a smaller fraction is a prefix."""
+        n = round(fraction * self.train_size)
+        if n > len(self.clean_pool):
+            raise ValueError(
+                f"a defense asked for {n} clean samples ({fraction:.0%} of train) but the defender's pool holds "
+                f"{len(self.clean_pool)}; raise defender_fraction or lower the defense's data fraction"
+            )
+        idx = torch.arange(n)
+        return self.clean_pool.subset(idx), idx
+
+
+@dataclass
+class DefenseOutput:
+    model: nn.Module
+    meter: DataMeter
+    curve: list[dict[str, float]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Defense(abc.ABC):
+    Params: type
+    uses_attack_knowledge: bool = False
+
+    def __init__(self, params: Any):
+        self.params = params
+
+    @abc.abstractmethod
+    def run(self, ctx: DefenseContext) -> DefenseOutput:
+        """Return the defended model; tune only on ctx.val."""

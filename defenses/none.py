@@ -1,0 +1,21 @@
+"""The backdoored model as it is: the row every table starts from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bench.registry import DEFENSES
+from defenses.base import DataMeter, Defense, DefenseContext, DefenseOutput
+
+
+@dataclass(frozen=True)
+class NoDefenseParams:
+    pass
+
+
+@DEFENSES.register("none", "no defense: the backdoored model as it is", settings=("finetune", "supervised"))
+class NoDefense(Defense):
+    Params = NoDefenseParams
+
+    def run(self, ctx: DefenseContext) -> DefenseOutput:
+        return DefenseOutput(model=ctx.model, meter=DataMeter())

@@ -1,0 +1,128 @@
+"""TBAR: Trigger removal by Backdoor ARithmetic (Abdelraheem et al. 2025).
+
+1. D = round(data_fraction * |train|) of the defender's clean samples; every x in D
+   whose label is not the target gets the trigger and the target label
+   (variant `mix` also keeps the same number of clean samples with true labels).
+2. Fine-tune the backdoored model on that set with the setting's loss -> theta_T.
+3. tau = theta_T - theta_bd over the fine-tuned float parameters.
+4. theta(a) = theta_bd - a * tau on a grid of a.
+5. Tuning rule, on the validation split only: a* = argmin ASR subject to
+   CA >= kappa * CA(theta_bd); ties go to the smaller a. Test metrics are reported
+   at a*, and the whole validation curve is kept in the record.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from bench import taskvec
+from bench.metrics import accuracy, attack_success_rate, predict
+from bench.registry import DEFENSES
+from bench.train import TrainSpec, train
+from defenses.base import DataMeter, Defense, DefenseContext, DefenseOutput, TrainingSet
+
+
+@dataclass(frozen=True)
+class TbarParams:
+    data_fraction: float = 0.02
+    variant: Literal["triggered", "mix"] = "triggered"
+    steps: int = 50
+    lr: float = 1e-4
+    batch_size: int = 32
+    alpha_min: float = 0.0
+    alpha_max: float = 4.0
+    alpha_points: int = 21
+    kappa: float = 0.95
+
+    def __post_init__(self) -> None:
+        if self.alpha_points < 2 or self.alpha_max <= self.alpha_min:
+            raise ValueError("the alpha grid needs alpha_points >= 2 and alpha_max > alpha_min")
+        if not 0 < self.kappa <= 1:
+            raise ValueError(f"kappa must be in (0, 1], got {self.kappa}")
+
+    def alphas(self) -> list[float]:
+        return torch.linspace(self.alpha_min, self.alpha_max, self.alpha_points).tolist()
+
+
+def select_alpha(curve: list[dict[str, float]], ca_reference: float, kappa: float) -> int:
+    """Index of a* on a curve sorted by alpha: the smallest ASR among points with
+    CA >= kappa * ca_reference; ties (and an empty feasible set) go to the smallest alpha."""
+    feasible = [i for i, p in enumerate(curve) if p["ca"] >= kappa * ca_reference]
+    if not feasible:
+        return 0
+    return min(feasible, key=lambda i: (curve[i]["asr"], curve[i]["alpha"]))
+
+
+def trigger_set(ctx: DefenseContext, fraction: float, variant: str) -> TrainingSet:
+    """Step 1: the defender's triggered (and, for `mix`, clean) fine-tuning set."""
+    assert ctx.known is not None
+    clean, idx = ctx.clean_subset(fraction)
+    targets = ctx.known.targets(clean.labels)
+    keep = clean.labels != targets
+    x = clean.x
+    trig = TrainingSet(
+        ctx.known.apply(x[keep]), targets[keep], idx[keep], torch.ones(int(keep.sum()), dtype=torch.bool)
+    )
+    if variant == "triggered":
+        return trig
+    # mix: as many clean samples (with true labels) as triggered ones
+    n = len(trig)
+    return TrainingSet.concat(trig, TrainingSet(x[:n], clean.labels[:n], idx[:n], torch.zeros(n, dtype=torch.bool)))
+
+
+@torch.no_grad()
+def val_point(
+    model, ctx: DefenseContext, x_val: torch.Tensor, x_val_trig: torch.Tensor, t_val: torch.Tensor
+) -> dict[str, float]:
+    return {
+        "ca": accuracy(predict(model, x_val), ctx.val.labels),
+        "asr": attack_success_rate(predict(model, x_val_trig), ctx.val.labels, t_val),
+    }
+
+
+@DEFENSES.register(
+    "tbar",
+    "subtract the trigger task vector, scale chosen on validation (known trigger)",
+    settings=("finetune", "supervised"),
+)
+class Tbar(Defense):
+    Params = TbarParams
+    uses_attack_knowledge = True
+
+    def run(self, ctx: DefenseContext) -> DefenseOutput:
+        p: TbarParams = self.params
+        model = ctx.model
+        meter = DataMeter()
+        data = trigger_set(ctx, p.data_fraction, p.variant)
+
+        ctx.progress(f"tbar: trigger fine-tune on {len(data)} samples")
+        theta_bd = taskvec.trainable_params(model)
+        finetuned = copy.deepcopy(model)
+        torch.manual_seed(ctx.seed)
+        spec = TrainSpec(steps=p.steps, lr=p.lr, batch_size=p.batch_size, schedule="constant")
+        train(finetuned, ctx.setting.loss, data.stream(p.batch_size, ctx.generator(), meter), spec)
+        tau = taskvec.difference(taskvec.trainable_params(finetuned), theta_bd)
+        del finetuned
+
+        x_val = ctx.val.x
+        t_val = ctx.known.targets(ctx.val.labels)
+        x_val_trig = ctx.known.apply(x_val)
+        ca_bd = val_point(model, ctx, x_val, x_val_trig, t_val)["ca"]
+        curve = []
+        for a in p.alphas():
+            ctx.progress(f"tbar: alpha {a:.2f}")
+            taskvec.load_params(model, taskvec.apply(theta_bd, tau, -a))
+            curve.append({"alpha": round(a, 6), **val_point(model, ctx, x_val, x_val_trig, t_val)})
+        best = select_alpha(curve, ca_bd, p.kappa)
+        a_star = curve[best]["alpha"]
+        taskvec.load_params(model, taskvec.apply(theta_bd, tau, -a_star))
+        return DefenseOutput(
+            model=model,
+            meter=meter,
+            curve=curve,
+            extra={"alpha": a_star, "tau_norm": taskvec.norm(tau), "val_at_alpha": curve[best]},
+        )

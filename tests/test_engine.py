@@ -1,0 +1,89 @@
+"""The engine end to end in-process, on tiny budgets: grid planning, stage 1 and 2,
+records, reuse, failures. The supervised setting (timm, from scratch) keeps it fast."""
+
+import math
+
+import pytest
+
+from bench.config import SuiteConfig
+from bench.grid import Selection, plan_grid, run_serial
+from bench.store import Store
+
+TINY = dict(
+    models=["tiny-resnet"],
+    datasets=["shapes"],
+    settings=["supervised"],
+    seeds=[0],
+    control_datasets=[],
+    setting_params={"supervised": {"steps": 40, "lr": 3e-3, "batch_size": 64}},
+    defense_params={"tbar": {"steps": 5, "alpha_points": 5, "alpha_max": 2.0}, "finetune": {"budget_x": 2}},
+)
+
+
+def _suite(**over) -> SuiteConfig:
+    return SuiteConfig(name="tiny", **{**TINY, **over})
+
+
+def test_plan_skips_incompatible_cells_with_reasons():
+    plan = plan_grid(_suite(), Selection(attacks="none,badnets", defenses="tbar", settings="finetune,supervised"))
+    reasons = dict(plan.skipped)
+    assert "tiny-resnet/shapes/finetune/badnets/seed0" in reasons
+    assert "needs a clip model" in reasons["tiny-resnet/shapes/finetune/badnets/seed0"]
+    assert "needs a trigger" in reasons["tiny-resnet/shapes/supervised/none/seed0/tbar"]
+    # the `none` defense is always planned: every table has that row
+    assert sorted((t["artifact"]["attack"], t["defense"]) for t in plan.trials) == [
+        ("badnets", "none"),
+        ("badnets", "tbar"),
+        ("none", "none"),
+    ]
+
+
+def test_trial_ids_change_with_any_knob():
+    from bench.trial import trial_id
+
+    a = plan_grid(_suite(), Selection(attacks="badnets", defenses="tbar")).trials
+    b = plan_grid(_suite(defense_params={"tbar": {"steps": 6}}), Selection(attacks="badnets", defenses="tbar")).trials
+    assert trial_id(a[0]) == trial_id(b[0])  # `none` defense: unaffected
+    assert trial_id(a[1]) != trial_id(b[1])
+
+
+@pytest.mark.slow
+def test_grid_writes_complete_records_and_reruns_nothing(tmp_path):
+    store = Store(tmp_path)
+    plan = plan_grid(_suite(), Selection(attacks="badnets,none", defenses="tbar,finetune"))
+    first = run_serial(plan, store)
+    assert first.failed == [] and first.computed == len(plan.trials) == 5
+    recs = {(r["config"]["attack"], r["config"]["defense"]): r for r in first.records}
+    for r in recs.values():
+        assert {"schema", "trial_id", "status", "config", "metrics", "cost", "versions", "created"} <= set(r)
+        assert {"suite", "model", "dataset", "setting", "attack", "defense", "seed"} <= set(r["config"])
+        assert {"ca", "asr", "ra", "ca_retention", "asr_removal", "der", "control", "backdoored"} <= set(r["metrics"])
+        assert {"wall_s", "device", "clean_samples", "triggered_samples", "steps"} <= set(r["cost"])
+        assert 0 <= r["metrics"]["ca"] <= 1
+    tbar = recs[("badnets", "tbar")]
+    m = tbar["metrics"]
+    assert len(tbar["curve"]) == 5 and tbar["defense"]["alpha"] in [p["alpha"] for p in tbar["curve"]]
+    assert tbar["cost"]["steps"] == 5 and tbar["cost"]["clean_samples"] == 0
+    # D = 2% of 8000 = 160 defender images; those not of the target class get the trigger
+    assert 130 <= tbar["cost"]["triggered_samples"] <= 160
+    expect = (max(0, m["backdoored"]["asr"] - m["asr"]) - max(0, m["backdoored"]["ca"] - m["ca"]) + 1) / 2
+    assert math.isclose(m["der"], expect)
+    assert recs[("none", "none")]["metrics"]["asr"] is None
+    ft = recs[("badnets", "finetune")]["cost"]
+    assert ft["samples_seen"] >= 2 * 160 and ft["triggered_samples"] == 0
+
+    before = {p.name: p.read_bytes() for p in (tmp_path / "records").iterdir()}
+    second = run_serial(plan, store)
+    assert second.computed == 0 and second.reused == 5
+    assert before == {p.name: p.read_bytes() for p in (tmp_path / "records").iterdir()}
+
+
+@pytest.mark.slow
+def test_a_failing_trial_is_recorded_and_the_grid_goes_on(tmp_path):
+    suite = _suite(defense_params={"tbar": {"data_fraction": 0.9}})
+    plan = plan_grid(suite, Selection(attacks="badnets", defenses="tbar"))
+    summary = run_serial(plan, Store(tmp_path))
+    statuses = {r["config"]["defense"]: r["status"] for r in summary.records}
+    assert statuses == {"none": "ok", "tbar": "failed"}
+    failed = next(r for r in summary.records if r["status"] == "failed")
+    assert "defender's pool holds" in failed["error"]

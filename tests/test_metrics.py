@@ -1,0 +1,55 @@
+import math
+
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bench import metrics
+
+frac = st.floats(0, 1, allow_nan=False)
+
+
+def test_der_golden_example_from_methods_md():
+    # CA 0.90 -> 0.88, ASR 0.95 -> 0.02 gives DER = (0.93 - 0.02 + 1) / 2 = 0.955
+    assert math.isclose(metrics.der(0.90, 0.88, 0.95, 0.02), 0.955, abs_tol=1e-12)
+
+
+def test_der_subtracts_the_clean_accuracy_drop():
+    # BackdoorBench's bug adds the CA drop; a defense that destroys CA must score lower.
+    assert metrics.der(0.9, 0.5, 0.95, 0.02) < metrics.der(0.9, 0.9, 0.95, 0.02)
+    assert metrics.der(0.9, 0.9, 0.9, 0.9) == 0.5
+
+
+@given(frac, frac, frac, frac)
+def test_der_in_unit_interval(ca_bd, ca_def, asr_bd, asr_def):
+    assert 0.0 <= metrics.der(ca_bd, ca_def, asr_bd, asr_def) <= 1.0
+
+
+def test_asr_and_ra_exclude_target_class_images():
+    labels = torch.tensor([0, 1, 2, 3, 0])
+    targets = torch.zeros(5, dtype=torch.long)
+    pred = torch.tensor([0, 0, 2, 1, 0])
+    # non-target images: indices 1, 2, 3 -> predicted target at 1 only
+    assert metrics.attack_success_rate(pred, labels, targets) == 1 / 3
+    assert metrics.robust_accuracy(pred, labels, targets) == 1 / 3
+
+
+def test_asr_is_nan_when_every_image_is_of_the_target_class():
+    z = torch.zeros(3, dtype=torch.long)
+    assert math.isnan(metrics.attack_success_rate(z, z, z))
+
+
+def test_accuracy_retention_and_removal():
+    assert metrics.accuracy(torch.tensor([1, 2, 3]), torch.tensor([1, 2, 0])) == 2 / 3
+    assert metrics.ca_retention(0.45, 0.9) == 0.5
+    assert math.isclose(metrics.asr_removal(0.95, 0.019), 0.98)
+
+
+@given(st.lists(st.integers(0, 4), min_size=1, max_size=50), st.integers(0, 4))
+def test_asr_plus_ra_at_most_one(labels, target):
+    y = torch.tensor(labels)
+    t = torch.full_like(y, target)
+    pred = (y * 3 + 1) % 5
+    asr, ra = metrics.attack_success_rate(pred, y, t), metrics.robust_accuracy(pred, y, t)
+    if not math.isnan(asr):
+        assert 0 <= asr + ra <= 1 + 1e-12
