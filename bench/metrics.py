@@ -17,28 +17,28 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.T
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 
 
+def share(hits: torch.Tensor) -> float:
+    """Exact share of True in a bool tensor (count / total, no float32 rounding)."""
+    n = hits.numel()
+    return int(hits.sum()) / n if n else float("nan")
+
+
 def accuracy(pred: torch.Tensor, labels: torch.Tensor) -> float:
     """Share of predictions equal to labels (CA when the images are clean)."""
-    if len(labels) == 0:
-        return float("nan")
-    return float((pred == labels).float().mean())
+    return share(pred == labels)
 
 
 def attack_success_rate(pred_triggered: torch.Tensor, true_labels: torch.Tensor, targets: torch.Tensor) -> float:
     """ASR: share of triggered images whose true label is not their target that are
     predicted as the target. Images already of the target class are excluded."""
     keep = true_labels != targets
-    if not bool(keep.any()):
-        return float("nan")
-    return float((pred_triggered[keep] == targets[keep]).float().mean())
+    return share(pred_triggered[keep] == targets[keep])
 
 
 def robust_accuracy(pred_triggered: torch.Tensor, true_labels: torch.Tensor, targets: torch.Tensor) -> float:
     """RA: share of the same triggered images predicted as their true label."""
     keep = true_labels != targets
-    if not bool(keep.any()):
-        return float("nan")
-    return float((pred_triggered[keep] == true_labels[keep]).float().mean())
+    return share(pred_triggered[keep] == true_labels[keep])
 
 
 def ca_retention(ca_def: float, ca_bd: float) -> float:

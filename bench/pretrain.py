@@ -103,10 +103,10 @@ def zero_shot_accuracy(model, dataset: str, split: str = "test") -> float:
     ds = load_dataset(dataset)
     head = zeroshot_weights(model, ds.classnames, ds.templates, model.context_length)
     clf = ZeroShotClassifier(model.visual, head, float(model.logit_scale)).eval()
-    from bench.metrics import predict
+    from bench.metrics import accuracy, predict
 
     data = ds.split(split)
-    return float((predict(clf, data.x) == data.labels).float().mean())
+    return accuracy(predict(clf, data.x), data.labels)
 
 
 def pretrain(cfg: PretrainConfig, on_step: Callable[[int, float], None] | None = None):

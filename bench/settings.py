@@ -5,8 +5,8 @@ class, so the same attack code runs in every setting that supports it."""
 from __future__ import annotations
 
 import abc
+import json
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 from torch import nn
@@ -21,10 +21,15 @@ from bench.train import LossFn, TrainSpec, cross_entropy_loss
 
 @dataclass(frozen=True)
 class VictimTraining:
-    """How the attacker trains the victim on the poisoned set."""
+    """How the attacker trains the victim on the poisoned set.
 
-    steps: int = 300
-    lr: float = 1e-4
+    Defaults measured on tiny-clip/shapes (seed 0): lr 1e-4 x 300 steps left badnets
+    at 3% ASR; lr 1e-3 x 300 reached 92% but cut colors zero-shot from 100% to 80%;
+    lr 3e-4 x 900 reaches 97% (badnets) / 98% (blended) and keeps colors at 99%.
+    """
+
+    steps: int = 900
+    lr: float = 3e-4
     batch_size: int = 64
     weight_decay: float = 0.0
 
@@ -56,7 +61,7 @@ class Setting(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def victim(self, model: str, overrides: dict | None, dataset: LabeledDataset, seed: int) -> nn.Module:
+    def victim(self, model: str, overrides: dict | None, dataset: LabeledDataset, seed: int, progress=None) -> nn.Module:
         """The model before the attack, as a classifier of [0, 1] images."""
 
     def control_accuracy(
@@ -66,32 +71,34 @@ class Setting(abc.ABC):
         return {}
 
 
-@lru_cache(maxsize=8)
-def _clip(model: str, overrides_key: str):
-    import json
-
-    entry = MODELS.get(model)
-    clip, _info = entry.load(model_params(model, json.loads(overrides_key)))
-    return clip
+_CLIPS: dict[tuple[str, str], object] = {}
 
 
-def pretrained_clip(model: str, overrides: dict | None):
-    """The pre-trained CLIP of a registered clip model (cached per process)."""
-    import json
+def pretrained_clip(model: str, overrides: dict | None, progress=None):
+    """The pre-trained CLIP of a registered clip model (cached per process; trained
+    and cached on disk on first use, reporting its steps to `progress`)."""
+    key = (model, json.dumps(overrides or {}, sort_keys=True))
+    if key not in _CLIPS:
+        steps = model_params(model, overrides)
+        total = getattr(steps, "pretrain_steps", None)
 
-    return _clip(model, json.dumps(overrides or {}, sort_keys=True))
+        def on_step(step: int, loss: float) -> None:
+            if progress is not None and step % 10 == 0:
+                progress(f"pre-training {model} (once, then cached) {step}/{total} loss {loss:.3f}")
+
+        clip, _info = MODELS.get(model).load(steps, on_step=on_step)
+        _CLIPS[key] = clip
+    return _CLIPS[key]
 
 
 _HEADS: dict[tuple[str, str, str], torch.Tensor] = {}
 
 
-def zeroshot_head(model: str, overrides: dict | None, dataset: LabeledDataset) -> torch.Tensor:
+def zeroshot_head(model: str, overrides: dict | None, dataset: LabeledDataset, progress=None) -> torch.Tensor:
     """The zero-shot head of (model, dataset), built once per process."""
-    import json
-
     key = (model, json.dumps(overrides or {}, sort_keys=True), dataset.name)
     if key not in _HEADS:
-        clip = pretrained_clip(model, overrides)
+        clip = pretrained_clip(model, overrides, progress)
         _HEADS[key] = zeroshot_weights(clip, dataset.classnames, dataset.templates, clip.context_length)
     return _HEADS[key]
 
@@ -102,8 +109,8 @@ class FinetuneSetting(Setting):
     model_kind = "clip"
     default_poison_rate = 0.1
 
-    def victim(self, model, overrides, dataset, seed):
-        clip = pretrained_clip(model, overrides)
+    def victim(self, model, overrides, dataset, seed, progress=None):
+        clip = pretrained_clip(model, overrides, progress)
         return ZeroShotClassifier.from_clip(clip, zeroshot_head(model, overrides, dataset)).eval()
 
     def control_accuracy(self, victim, model, overrides, datasets):
@@ -133,5 +140,5 @@ class SupervisedSetting(Setting):
     Params = ScratchTraining
     attack_updates_norm_stats = True
 
-    def victim(self, model, overrides, dataset, seed):
+    def victim(self, model, overrides, dataset, seed, progress=None):
         return MODELS.get(model).build(model_params(model, overrides), dataset.num_classes, seed)

@@ -33,7 +33,7 @@ def test_typed_config_errors_name_the_field_and_allowed_values():
         from_dict(TbarParams, {"stpes": 3}, "tbar")
     with pytest.raises(ConfigError, match=r"tbar.variant = 'both' is not allowed; allowed: 'triggered', 'mix'"):
         from_dict(TbarParams, {"variant": "both"}, "tbar")
-    with pytest.raises(ConfigError, match="tbar.steps must be an integer"):
+    with pytest.raises(ConfigError, match=r"tbar\.steps must be an integer"):
         from_dict(TbarParams, {"steps": "many"}, "tbar")
     with pytest.raises(ConfigError, match=r"kappa"):
         from_dict(TbarParams, {"kappa": 1.5}, "tbar")
