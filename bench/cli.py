@@ -99,8 +99,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     console.print(
         f"{summary.computed} computed, {summary.reused} reused, {len(summary.failed)} failed in {summary.wall_s:.1f} s"
     )
-    paths = leaderboard.write(summary.records, suite.name, Path(args.leaderboards))
-    out.print(Path(paths["markdown"]).read_text())
+    from bench.trial import trial_id
+
+    records = leaderboard.select_records(store.records(), suite.name, {trial_id(t) for t in plan.trials})
+    paths = leaderboard.write(records, suite.name, Path(args.leaderboards))
+    sys.stdout.write(Path(paths["markdown"]).read_text())
     console.print(f"leaderboard: {paths['markdown']}, {paths['csv']}")
     for label, err in summary.failed:
         console.print(f"[red]failed[/] {label}: {err}")
@@ -112,12 +115,12 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     from bench.store import Store
 
     store = Store(args.results)
-    records = [r for r in store.records() if r["config"].get("suite") == args.suite]
+    records = leaderboard.select_records(store.records(), args.suite)
     if not records:
         console.print(f"[red]no records[/] for suite {args.suite!r} under {store.root}")
         return 1
     paths = leaderboard.write(records, args.suite, Path(args.leaderboards))
-    out.print(Path(paths["markdown"]).read_text())
+    sys.stdout.write(Path(paths["markdown"]).read_text())
     return 0
 
 

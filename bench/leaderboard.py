@@ -28,6 +28,26 @@ CSV_COLUMNS = [
 ]
 
 
+def select_records(records: list[dict], suite: str, prefer_ids: set[str] = frozenset()) -> list[dict]:
+    """One record per (model, dataset, setting, attack, defense, seed) of `suite`.
+
+    A store can hold several configurations of one cell (a changed default, another
+    variant); averaging them would mix experiments. Records of the current plan
+    (`prefer_ids`) win, then the newest. Failed records are kept only where the cell
+    has no ok record, so a failure shows in the table instead of vanishing.
+    """
+    best: dict[tuple, dict] = {}
+    for r in records:
+        c = r.get("config", {})
+        if c.get("suite") != suite:
+            continue
+        key = (*(c.get(k) for k in KEYS), c.get("seed"))
+        rank = (r.get("status") == "ok", r.get("trial_id") in prefer_ids, r.get("created", ""))
+        if key not in best or rank > best[key][0]:
+            best[key] = (rank, r)
+    return [r for _, r in best.values()]
+
+
 def _num(v) -> float:
     return float("nan") if v is None else float(v)
 
@@ -138,7 +158,7 @@ def summary_table(agg: pd.DataFrame) -> str:
     for d, r in s.iterrows():
         der = "n/a" if math.isnan(r.der) else f"{r.der:.3f}"
         lines.append(
-            f"| {d} | {r.cells} | {_pct(r.ca_retention)} | {_pct(r.asr)} | {der} | {_pct(r.control)} | "
+            f"| {d} | {int(r.cells)} | {_pct(r.ca_retention)} | {_pct(r.asr)} | {der} | {_pct(r.control)} | "
             f"{r.wall_s:.1f} | {r.clean_samples:.0f} | {r.triggered_samples:.0f} |"
         )
     return "\n".join(lines)

@@ -139,7 +139,8 @@ def get_pretrained(cfg: PretrainConfig = PretrainConfig(), on_step=None, force: 
     """The pre-trained CLIP for `cfg`, from the cache or trained now. Returns (model, info)."""
     path = checkpoint_path(cfg)
     model = build_clip(cfg.arch)
-    if not force and path.with_suffix(".safetensors").exists():
+    # The sidecar is written last, so it marks a complete checkpoint.
+    if not force and path.with_suffix(".safetensors").exists() and path.with_suffix(".json").exists():
         meta = load_weights(model, path)
         model.eval()
         return model, meta["info"]

@@ -61,7 +61,9 @@ class Setting(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def victim(self, model: str, overrides: dict | None, dataset: LabeledDataset, seed: int, progress=None) -> nn.Module:
+    def victim(
+        self, model: str, overrides: dict | None, dataset: LabeledDataset, seed: int, progress=None
+    ) -> nn.Module:
         """The model before the attack, as a classifier of [0, 1] images."""
 
     def control_accuracy(

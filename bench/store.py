@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -53,8 +54,20 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def _finite(obj: Any) -> Any:
+    """NaN/inf -> None, so records stay strict JSON that every reader accepts."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+    text = json.dumps(_finite(obj), indent=2, sort_keys=True, default=str, allow_nan=False)
+    atomic_write_bytes(path, (text + "\n").encode())
 
 
 def read_json(path: Path) -> Any | None:
@@ -75,6 +88,8 @@ def save_weights(model: nn.Module, stem: Path, sidecar: dict) -> None:
     os.close(fd)
     try:
         save_file(state, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, stem.with_suffix(".safetensors"))
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -35,11 +35,13 @@ def subseed(seed: int, purpose: str) -> int:
 
 
 def artifact_id(acfg: dict) -> str:
-    return config_hash({k: v for k, v in acfg.items() if k != "suite"})
+    """Hash of the whole resolved stage-1 config (suite included: a record belongs to
+    exactly one suite, so `bench leaderboard --suite` and `bench run` agree)."""
+    return config_hash(acfg)
 
 
 def trial_id(tcfg: dict) -> str:
-    return config_hash({k: v for k, v in tcfg.items() if k != "suite"})
+    return config_hash(tcfg)
 
 
 def defender_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -286,6 +288,10 @@ def _defend(tcfg: dict, store: Store, progress: Progress) -> dict:
         "attack": {"poison": meta["poison"], "training": meta["training"], "trigger_files": meta["trigger_files"]},
         "defense": out.extra,
     }
+    if setting.model_kind == "clip":  # methods.md section 1: record the zero-shot templates used
+        result["templates"] = {
+            name: load_dataset(name).templates for name in [acfg["dataset"], *acfg["control_datasets"]]
+        }
     if out.curve is not None:
         result["curve"] = out.curve
     return result

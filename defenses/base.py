@@ -37,6 +37,9 @@ class DataMeter:
     triggered: set[int] = field(default_factory=set)
     samples_seen: int = 0
     steps: int = 0
+    # Validation images a defense evaluated to tune itself (not trained on).
+    val_clean: int = 0
+    val_triggered: int = 0
 
     def as_cost(self) -> dict[str, int]:
         return {
@@ -44,6 +47,8 @@ class DataMeter:
             "triggered_samples": len(self.triggered),
             "samples_seen": self.samples_seen,
             "steps": self.steps,
+            "val_clean_samples": self.val_clean,
+            "val_triggered_samples": self.val_triggered,
         }
 
 

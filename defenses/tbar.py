@@ -100,6 +100,10 @@ class Tbar(Defense):
         data = trigger_set(ctx, p.data_fraction, p.variant)
 
         ctx.progress(f"tbar: trigger fine-tune on {len(data)} samples")
+        # methods.md step 2: the head stays frozen (a zero-shot head is a buffer
+        # already; a classifier's last layer is frozen here), so tau is the encoder's.
+        for param in getattr(model, "head_parameters", list)():
+            param.requires_grad_(False)
         theta_bd = taskvec.trainable_params(model)
         finetuned = copy.deepcopy(model)
         torch.manual_seed(ctx.seed)
@@ -111,6 +115,8 @@ class Tbar(Defense):
         x_val = ctx.val.x
         t_val = ctx.known.targets(ctx.val.labels)
         x_val_trig = ctx.known.apply(x_val)
+        meter.val_clean = len(x_val)
+        meter.val_triggered = int((ctx.val.labels != t_val).sum())
         ca_bd = val_point(model, ctx, x_val, x_val_trig, t_val)["ca"]
         curve = []
         for a in p.alphas():

@@ -112,7 +112,7 @@ class ZeroShotClassifier(nn.Module):
 
     def with_head(self, head: torch.Tensor) -> ZeroShotClassifier:
         """The same image encoder (shared, not copied) behind another dataset's head."""
-        return ZeroShotClassifier(self.visual, head, float(self.logit_scale))
+        return ZeroShotClassifier(self.visual, head, float(self.logit_scale)).train(self.training)
 
     @classmethod
     def from_clip(cls, model: CLIP, head: torch.Tensor) -> ZeroShotClassifier:

@@ -58,6 +58,10 @@ class Normalized(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(normalize_images(x))
 
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The classification layer (timm's get_classifier), which TBAR keeps frozen."""
+        return list(self.net.get_classifier().parameters())
+
 
 @dataclass(frozen=True)
 class TinyResNetParams:
