@@ -76,7 +76,10 @@ class BadNets(Attack):
         m[self.top : self.top + self.side, self.left : self.left + self.side] = 1
         return m
 
+    def trigger_tensors(self) -> dict[str, torch.Tensor]:
+        return {"patch": self.patch, "mask": self.mask()}
+
     def save_trigger(self, folder: Path) -> list[str]:
         save_png(self.patch, folder / "trigger.png", scale=8)
         save_png(self.mask(), folder / "trigger_mask.png", scale=4)
-        return ["trigger.png", "trigger_mask.png"]
+        return [*super().save_trigger(folder), "trigger.png", "trigger_mask.png"]

@@ -71,6 +71,18 @@ class Attack(abc.ABC):
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """Triggered copy of a batch (N, C, H, W) in [0, 1]."""
 
+    def trigger_tensors(self) -> dict[str, torch.Tensor]:
+        """The exact trigger state (float tensors), saved beside the artifact."""
+        return {}
+
     def save_trigger(self, folder: Path) -> list[str]:
-        """Save what a person needs to see the trigger; return the file names."""
-        return []
+        """Save the trigger: exact tensors as safetensors (PNG previews are 8-bit and
+        only for people; subclasses add them). Returns the file names."""
+        tensors = self.trigger_tensors()
+        if not tensors:
+            return []
+        from safetensors.torch import save_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in tensors.items()}, folder / "trigger.safetensors")
+        return ["trigger.safetensors"]

@@ -64,6 +64,9 @@ class Blended(Attack):
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         return blend(x, self.pattern, self.params.alpha)
 
+    def trigger_tensors(self) -> dict[str, torch.Tensor]:
+        return {"pattern": self.pattern, "alpha": torch.tensor(self.params.alpha)}
+
     def save_trigger(self, folder: Path) -> list[str]:
         save_png(self.pattern, folder / "trigger.png", scale=4)
-        return ["trigger.png"]
+        return [*super().save_trigger(folder), "trigger.png"]

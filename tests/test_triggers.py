@@ -82,3 +82,16 @@ def test_target_labels_all_to_one_and_all_to_all():
     y = torch.tensor([0, 1, 9])
     assert target_labels(y, 0, 10, False).tolist() == [0, 0, 0]
     assert target_labels(y, 0, 10, True).tolist() == [1, 2, 0]
+
+
+def test_saved_trigger_tensors_are_exact(tmp_path):
+    from safetensors.torch import load_file
+
+    a = Blended(BlendedParams(), (3, 16, 16), seed=4)
+    files = a.save_trigger(tmp_path)
+    assert set(files) == {"trigger.safetensors", "trigger.png"}
+    assert torch.equal(load_file(tmp_path / "trigger.safetensors")["pattern"], a.pattern)
+    b = BadNets(BadNetsParams(), (3, 32, 32), seed=0)
+    b.save_trigger(tmp_path / "b")
+    saved = load_file(tmp_path / "b" / "trigger.safetensors")
+    assert torch.equal(saved["patch"], b.patch) and int(saved["mask"].sum()) == 9
