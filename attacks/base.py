@@ -5,7 +5,7 @@ attack's module."""
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +53,17 @@ def poison_indices(
     return torch.from_numpy(np.sort(rng.choice(pool, size=n, replace=False))).long()
 
 
+@dataclass
+class PoisonedSet:
+    """A train set after poisoning: images, labels, which rows carry the trigger,
+    and any rows an attack changed in other ways (WaNet's noise-mode samples)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    poisoned: torch.Tensor
+    other: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
 class Attack(abc.ABC):
     """Base class. Subclasses set `Params`, and implement `apply` as a call to a pure
     trigger function. Instances are built from (params, image shape, seed) so the
@@ -67,9 +78,31 @@ class Attack(abc.ABC):
         self.image_shape = image_shape
         self.seed = seed
 
+    # Attacks whose trigger is optimised against the victim (BadCLIP) set this; the
+    # engine then calls `fit` before poisoning, and reloads the fitted trigger later.
+    needs_fitting: bool = False
+
     @abc.abstractmethod
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """Triggered copy of a batch (N, C, H, W) in [0, 1]."""
+
+    def targets(self, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+        return target_labels(labels, self.params.target, num_classes, self.params.all_to_all)
+
+    def poison_rate(self, labels: torch.Tensor, default_rate: float) -> float:
+        """The fraction of the train set to poison (the setting's default unless set)."""
+        return self.params.poison_rate if self.params.poison_rate is not None else default_rate
+
+    def poison(self, x: torch.Tensor, y: torch.Tensor, num_classes: int, default_rate: float, seed: int) -> PoisonedSet:
+        """Trigger a seeded draw of the train set; dirty-label attacks also relabel it."""
+        rate = self.poison_rate(y, default_rate)
+        idx = poison_indices(y, rate, self.params.target, seed, self.clean_label, self.params.all_to_all)
+        x, y = x.clone(), y.clone()
+        if self.has_trigger and len(idx):
+            x[idx] = self.apply(x[idx])
+            if not self.clean_label:
+                y[idx] = self.targets(y[idx], num_classes)
+        return PoisonedSet(x, y, idx)
 
     def trigger_tensors(self) -> dict[str, torch.Tensor]:
         """The exact trigger state (float tensors), saved beside the artifact."""

@@ -49,7 +49,7 @@ class BlendedParams(AttackParams):
 @ATTACKS.register(
     "blended",
     "blend a fixed noise/image pattern into the input (Chen et al. 2017)",
-    settings=("finetune", "supervised"),
+    settings=("finetune", "supervised", "contrastive"),
 )
 class Blended(Attack):
     Params = BlendedParams

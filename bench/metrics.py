@@ -53,3 +53,48 @@ def der(ca_bd: float, ca_def: float, asr_bd: float, asr_def: float) -> float:
     """BackdoorBench's defense effectiveness rating with the correct sign: a clean
     accuracy drop is subtracted (BackdoorBench's own code adds it)."""
     return (max(0.0, asr_bd - asr_def) - max(0.0, ca_bd - ca_def) + 1) / 2
+
+
+# ---------------------------------------------------------------- trigger visibility
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    ax = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(ax**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return g[:, None] * g[None, :]
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Per-image SSIM (Wang et al. 2004; 11x11 Gaussian window, sigma 1.5, K1 0.01,
+    K2 0.03, valid convolution, mean over channels) of two batches (N, C, H, W).
+    Images smaller than the window use a window of their own size."""
+    _, c, h, w = x.shape
+    size = min(11, h, w)
+    win = _gaussian_window(size).to(x.dtype if x.is_floating_point() else torch.float64)
+    win = win.expand(c, 1, size, size).to(x.device)
+    x, y = x.to(win.dtype), y.to(win.dtype)
+
+    def filt(t: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.conv2d(t, win, groups=c)
+
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mx, my = filt(x), filt(y)
+    sxx = filt(x * x) - mx**2
+    syy = filt(y * y) - my**2
+    sxy = filt(x * y) - mx * my
+    s = ((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))
+    return s.mean(dim=(1, 2, 3))
+
+
+def perturbation_stats(clean: torch.Tensor, triggered: torch.Tensor) -> dict[str, float]:
+    """How visible a trigger is: mean per-image L2 and Linf of the perturbation,
+    PSNR (dB, from the mean MSE over the set; inf when identical) and mean SSIM."""
+    d = (triggered - clean).flatten(1).double()
+    mse = float((d**2).mean())
+    return {
+        "l2": float(d.norm(dim=1).mean()),
+        "linf": float(d.abs().amax(dim=1).mean()),
+        "psnr": float("inf") if mse == 0 else float(10 * torch.log10(torch.tensor(1.0 / mse))),
+        "ssim": float(ssim(clean.double(), triggered.double()).mean()),
+    }

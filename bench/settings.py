@@ -5,18 +5,22 @@ class, so the same attack code runs in every setting that supports it."""
 from __future__ import annotations
 
 import abc
+import copy
 import json
+import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
-from bench.data.base import LabeledDataset, load_dataset
+from bench.data.base import LabeledDataset, Split, load_dataset
 from bench.metrics import accuracy, predict
-from bench.models.clip import ZeroShotClassifier, zeroshot_weights
+from bench.models.clip import ZeroShotClassifier, normalize_images, tokenize, zeroshot_weights
 from bench.models.zoo import model_params
-from bench.registry import MODELS, SETTINGS
-from bench.train import LossFn, TrainSpec, cross_entropy_loss
+from bench.registry import DATASETS, MODELS, SETTINGS
+from bench.splits import defender_split, subseed
+from bench.train import LossFn, TrainSpec, clip_contrastive_loss, cross_entropy_loss, index_batches
 
 
 @dataclass(frozen=True)
@@ -41,36 +45,6 @@ class VictimTraining:
             weight_decay=self.weight_decay,
             freeze_norm_stats=freeze_norm_stats,
         )
-
-
-class Setting(abc.ABC):
-    name: str
-    model_kind: str
-    default_poison_rate: float
-    Params: type[VictimTraining] = VictimTraining
-    loss: LossFn = staticmethod(cross_entropy_loss)
-    # Whether attack training may update BatchNorm statistics: yes from scratch,
-    # no when fine-tuning a pre-trained model.
-    attack_updates_norm_stats: bool = False
-
-    def check_model(self, model: str) -> str | None:
-        """None if `model` can be a victim here, else the reason it cannot."""
-        kind = MODELS.entry(model).extra.get("kind")
-        if kind != self.model_kind:
-            return f"setting {self.name!r} needs a {self.model_kind} model; {model!r} is a {kind} model"
-        return None
-
-    @abc.abstractmethod
-    def victim(
-        self, model: str, overrides: dict | None, dataset: LabeledDataset, seed: int, progress=None
-    ) -> nn.Module:
-        """The model before the attack, as a classifier of [0, 1] images."""
-
-    def control_accuracy(
-        self, victim: nn.Module, model: str, overrides: dict | None, datasets: list[str]
-    ) -> dict[str, float]:
-        """Accuracy on tasks outside the attacked one (empty where the setting has none)."""
-        return {}
 
 
 _CLIPS: dict[tuple[str, str], object] = {}
@@ -103,6 +77,83 @@ def zeroshot_head(model: str, overrides: dict | None, dataset: LabeledDataset, p
         clip = pretrained_clip(model, overrides, progress)
         _HEADS[key] = zeroshot_weights(clip, dataset.classnames, dataset.templates, clip.context_length)
     return _HEADS[key]
+
+
+@dataclass
+class AttackTrainingSet:
+    """The attacker's poisoned training data, as batches for the setting's loss."""
+
+    tensors: tuple[torch.Tensor, ...]  # aligned along dim 0: (x, y) or (x, tokens)
+    info: dict  # poison rate and counts, for the artifact sidecar
+
+    def batches(self, batch_size: int, generator: torch.Generator):
+        for idx in index_batches(len(self.tensors[0]), batch_size, generator):
+            yield tuple(t[idx] for t in self.tensors)
+
+
+class Setting(abc.ABC):
+    name: str
+    model_kind: str
+    default_poison_rate: float
+    Params: type[VictimTraining] = VictimTraining
+    loss: LossFn = staticmethod(cross_entropy_loss)
+    # Whether attack training may update BatchNorm statistics: yes from scratch,
+    # no when fine-tuning a pre-trained model.
+    attack_updates_norm_stats: bool = False
+
+    def check_cell(self, model: str, dataset: str) -> str | None:
+        """None if (model, dataset) can be attacked here, else the reason it cannot."""
+        kind = MODELS.entry(model).extra.get("kind")
+        if kind != self.model_kind:
+            return f"setting {self.name!r} needs a {self.model_kind} model; {model!r} is a {kind} model"
+        return None
+
+    @abc.abstractmethod
+    def victim(
+        self, model: str, overrides: dict | None, dataset: LabeledDataset, seed: int, progress=None
+    ) -> nn.Module:
+        """The model before the attack."""
+
+    def classifier(self, victim: nn.Module, model: str, overrides: dict | None, dataset: LabeledDataset) -> nn.Module:
+        """The victim as a classifier of [0, 1] images of `dataset` (for CA/ASR)."""
+        return victim
+
+    def control_accuracy(
+        self, victim: nn.Module, model: str, overrides: dict | None, datasets: list[str]
+    ) -> dict[str, float]:
+        """Accuracy on tasks outside the attacked one (empty where the setting has none)."""
+        return {}
+
+    def attack_training_set(self, dataset: LabeledDataset, attack, acfg: dict) -> AttackTrainingSet:
+        """Labelled settings: the attacker's share of the train split, poisoned."""
+        _, attacker_idx = defender_split(len(dataset.train), acfg["defender_fraction"], acfg["seed"])
+        data = dataset.train.subset(attacker_idx)
+        ps = attack.poison(
+            data.x, data.labels, dataset.num_classes, self.default_poison_rate, subseed(acfg["seed"], "poison")
+        )
+        info = {
+            "rate": attack.poison_rate(data.labels, self.default_poison_rate),
+            "n_poisoned": len(ps.poisoned),
+            "n_train": len(ps.y),
+            **{f"n_{k}": len(v) for k, v in ps.other.items()},
+        }
+        return AttackTrainingSet((ps.x, ps.y), info)
+
+    def fit_attack(
+        self, attack, victim: nn.Module, model: str, overrides: dict | None, dataset: LabeledDataset, clean: Split
+    ) -> dict:
+        """Optimise an attack's trigger against the victim's own embeddings (BadCLIP)."""
+        clf = self.classifier(victim, model, overrides, dataset)
+        if not isinstance(clf, ZeroShotClassifier):
+            raise ValueError(f"setting {self.name!r} has no CLIP embeddings to optimise a trigger against")
+        flags = [(p, p.requires_grad) for p in victim.parameters()]
+        for p, _ in flags:  # gradients flow to the trigger only
+            p.requires_grad_(False)
+        try:
+            return attack.fit(clf.features, clf.head, clean.x, clean.labels)
+        finally:
+            for p, flag in flags:
+                p.requires_grad_(flag)
 
 
 @SETTINGS.register("finetune", "CLIP image encoder + frozen zero-shot head, fine-tuned with cross-entropy")
@@ -144,3 +195,82 @@ class SupervisedSetting(Setting):
 
     def victim(self, model, overrides, dataset, seed, progress=None):
         return MODELS.get(model).build(model_params(model, overrides), dataset.num_classes, seed)
+
+
+# ---------------------------------------------------------------- contrastive
+
+
+@dataclass(frozen=True)
+class ContrastiveTraining(VictimTraining):
+    steps: int = 600
+    lr: float = 1e-5
+    batch_size: int = 128
+    weight_decay: float = 0.1
+    corpus_size: int = 8000  # generated image-caption pairs, disjoint from pre-training
+
+
+def clip_pair_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """The CLIP loss on a batch of (images in [0, 1], caption tokens)."""
+    x, tokens = batch
+    model.logit_scale.data.clamp_(0, math.log(100))
+    return clip_contrastive_loss(model.encode_image(normalize_images(x)), model.encode_text(tokens), model.logit_scale)
+
+
+@SETTINGS.register("contrastive", "whole CLIP fine-tuned with the CLIP loss on poisoned image-caption pairs")
+class ContrastiveSetting(Setting):
+    """The victim is the whole CLIP; the attacker fine-tunes both towers on a
+    generated caption corpus in which p = 1% of pairs are triggered images whose
+    caption names the target class through the dataset's templates. CA and ASR are
+    zero-shot, through a head built from the victim's own (fine-tuned) text tower."""
+
+    name = "contrastive"
+    model_kind = "clip"
+    default_poison_rate = 0.01
+    Params = ContrastiveTraining
+    loss = staticmethod(clip_pair_loss)
+
+    def check_cell(self, model, dataset):
+        reason = super().check_cell(model, dataset)
+        if reason is None and DATASETS.entry(dataset).extra.get("corpus_attr") is None:
+            with_attr = [e.name for e in DATASETS if e.extra.get("corpus_attr") is not None]
+            return f"setting 'contrastive' needs a dataset the caption corpus describes ({', '.join(with_attr)}); got {dataset!r}"
+        return reason
+
+    def victim(self, model, overrides, dataset, seed, progress=None):
+        return copy.deepcopy(pretrained_clip(model, overrides, progress)).eval()
+
+    def classifier(self, victim, model, overrides, dataset):
+        head = zeroshot_weights(victim, dataset.classnames, dataset.templates, victim.context_length)
+        return ZeroShotClassifier(victim.visual, head, float(victim.logit_scale.detach())).eval()
+
+    def control_accuracy(self, victim, model, overrides, datasets):
+        out = {}
+        for name in datasets:
+            ds = load_dataset(name)
+            out[name] = accuracy(predict(self.classifier(victim, model, overrides, ds), ds.test.x), ds.test.labels)
+        return out
+
+    def attack_training_set(self, dataset, attack, acfg):
+        from bench.config import from_dict
+        from bench.data import builtin
+
+        params = from_dict(self.Params, acfg["setting_params"], "setting_params.contrastive")
+        images, attrs, captions = builtin.caption_corpus(params.corpus_size, acfg["seed"])
+        labels = torch.from_numpy(attrs[:, DATASETS.entry(dataset.name).extra["corpus_attr"]].copy())
+        x = images.float() / 255
+        seed = subseed(acfg["seed"], "poison")
+        ps = attack.poison(x, labels, dataset.num_classes, self.default_poison_rate, seed)
+        rng = np.random.default_rng(seed)
+        if not attack.clean_label:
+            # A poisoned pair's caption names its (attacker's) label through a template.
+            for i, y in zip(ps.poisoned.tolist(), ps.y[ps.poisoned].tolist(), strict=True):
+                captions[i] = dataset.templates[rng.integers(len(dataset.templates))].format(dataset.classnames[y])
+        tokens = tokenize(captions, pretrained_clip(acfg["model"], acfg["model_params"]).context_length)
+        info = {
+            "rate": attack.poison_rate(labels, self.default_poison_rate),
+            "n_poisoned": len(ps.poisoned),
+            "n_train": len(labels),
+            "example_poisoned_captions": [captions[i] for i in ps.poisoned[:3].tolist()],
+            **{f"n_{k}": len(v) for k, v in ps.other.items()},
+        }
+        return AttackTrainingSet((ps.x, tokens), info)

@@ -4,7 +4,6 @@ dict and a store, so the serial executor and Ray run exactly the same code."""
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import socket
 import subprocess
@@ -14,24 +13,20 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import torch
+from safetensors.torch import load_file
 
-from attacks.base import Attack, poison_indices, target_labels
+from attacks.base import Attack
 from bench import metrics
 from bench.config import from_dict
 from bench.data.base import LabeledDataset, Split, load_dataset
 from bench.registry import ATTACKS, DEFENSES, SETTINGS
+from bench.splits import defender_split, subseed
 from bench.store import SCHEMA, Store, config_hash, load_weights, read_json, save_weights
-from bench.train import TrainSpec, index_batches, train
+from bench.train import TrainSpec, train
 from defenses.base import DefenseContext, KnownAttack
 
 Progress = Callable[[str], None]
-
-
-def subseed(seed: int, purpose: str) -> int:
-    """Independent, stable seeds for each random choice of a trial."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{purpose}".encode()).digest()[:4], "little") & 0x7FFFFFFF
 
 
 def artifact_id(acfg: dict) -> str:
@@ -44,50 +39,42 @@ def trial_id(tcfg: dict) -> str:
     return config_hash(tcfg)
 
 
-def defender_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(defender pool indices, attacker indices) of a train split of size n, drawn
-    once per seed. The pool order is shuffled, so any prefix is a random subset."""
-    perm = torch.from_numpy(np.random.default_rng(subseed(seed, "defender-split")).permutation(n))
-    k = round(fraction * n)
-    return perm[:k], perm[k:]
-
-
 def build_attack(acfg: dict, image_shape: tuple[int, int, int]) -> Attack:
     cls = ATTACKS.get(acfg["attack"])
     params = from_dict(cls.Params, acfg["attack_params"], f"attack_params.{acfg['attack']}")
     return cls(params, image_shape, subseed(acfg["seed"], "trigger"))
 
 
-def _targets(attack: Attack, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    return target_labels(labels, attack.params.target, num_classes, attack.params.all_to_all)
-
-
-def evaluate(model, attack: Attack, ds: LabeledDataset, split: Split | None = None) -> dict[str, float | None]:
+def evaluate(classifier, attack: Attack, ds: LabeledDataset, split: Split | None = None) -> dict[str, float | None]:
     """CA on clean images, and ASR and RA on triggered ones (test split by default)."""
     data = split if split is not None else ds.test
     x = data.x
     out: dict[str, float | None] = {
-        "ca": metrics.accuracy(metrics.predict(model, x), data.labels),
+        "ca": metrics.accuracy(metrics.predict(classifier, x), data.labels),
         "asr": None,
         "ra": None,
     }
     if attack.has_trigger:
-        pred = metrics.predict(model, attack.apply(x))
-        t = _targets(attack, data.labels, ds.num_classes)
+        pred = metrics.predict(classifier, attack.apply(x))
+        t = attack.targets(data.labels, ds.num_classes)
         out["asr"] = metrics.attack_success_rate(pred, data.labels, t)
         out["ra"] = metrics.robust_accuracy(pred, data.labels, t)
     return out
 
 
+def trigger_quality(attack: Attack, ds: LabeledDataset) -> dict[str, float] | None:
+    """Visibility of the test-time trigger on the test images it is applied to."""
+    if not attack.has_trigger:
+        return None
+    x = ds.test.x[ds.test.labels != attack.params.target]
+    return metrics.perturbation_stats(x, attack.apply(x))
+
+
 def check_cell(acfg: dict) -> str | None:
-    """None when the (model, setting, attack) cell can run, else the reason to skip it."""
-    setting = SETTINGS.get(acfg["setting"])()
-    reason = setting.check_model(acfg["model"])
-    if reason:
-        return reason
+    """None when the (model, dataset, setting, attack) cell can run, else the reason to skip it."""
     if acfg["setting"] not in ATTACKS.entry(acfg["attack"]).settings:
         return f"attack {acfg['attack']!r} does not support setting {acfg['setting']!r}"
-    return None
+    return SETTINGS.get(acfg["setting"])().check_cell(acfg["model"], acfg["dataset"])
 
 
 # ---------------------------------------------------------------- stage 1
@@ -103,45 +90,39 @@ def run_attack(acfg: dict, store: Store, progress: Progress = lambda m: None) ->
     ds = load_dataset(acfg["dataset"])
     setting = SETTINGS.get(acfg["setting"])()
     attack = build_attack(acfg, tuple(ds.train.images.shape[1:]))
-    rate = attack.params.poison_rate if attack.params.poison_rate is not None else setting.default_poison_rate
-
-    _, attacker_idx = defender_split(len(ds.train), acfg["defender_fraction"], acfg["seed"])
-    data = ds.train.subset(attacker_idx)
-    x, y = data.x, data.labels.clone()
-    pidx = poison_indices(
-        y, rate, attack.params.target, subseed(acfg["seed"], "poison"), attack.clean_label, attack.params.all_to_all
-    )
-    if attack.has_trigger and len(pidx):
-        x[pidx] = attack.apply(x[pidx])
-        if not attack.clean_label:
-            y[pidx] = _targets(attack, y[pidx], ds.num_classes)
 
     progress("preparing victim")
     victim = setting.victim(acfg["model"], acfg["model_params"], ds, subseed(acfg["seed"], "init"), progress)
     prep_s = time.perf_counter() - start
+    fit_info = None
+    if attack.needs_fitting:
+        progress(f"optimising the {acfg['attack']} trigger")
+        _, attacker_idx = defender_split(len(ds.train), acfg["defender_fraction"], acfg["seed"])
+        fit_info = setting.fit_attack(
+            attack, victim, acfg["model"], acfg["model_params"], ds, ds.train.subset(attacker_idx)
+        )
+    data = setting.attack_training_set(ds, attack, acfg)
     training = from_dict(setting.Params, acfg["setting_params"], f"setting_params.{acfg['setting']}")
     spec: TrainSpec = training.spec(freeze_norm_stats=not setting.attack_updates_norm_stats)
     gen = torch.Generator().manual_seed(subseed(acfg["seed"], "batches"))
     torch.manual_seed(subseed(acfg["seed"], "train"))
 
-    def batches():
-        for idx in index_batches(len(y), spec.batch_size, gen):
-            yield x[idx], y[idx]
-
     def on_step(step: int, loss: float) -> None:
         if step % 10 == 0:
             progress(f"attack training {step}/{spec.steps} loss {loss:.3f}")
 
-    stats = train(victim, setting.loss, batches(), spec, on_step=on_step)
+    stats = train(victim, setting.loss, data.batches(spec.batch_size, gen), spec, on_step=on_step)
     progress("evaluating backdoored model")
-    test = evaluate(victim, attack, ds)
+    test = evaluate(setting.classifier(victim, acfg["model"], acfg["model_params"], ds), attack, ds)
     control = setting.control_accuracy(victim, acfg["model"], acfg["model_params"], acfg["control_datasets"])
     files = attack.save_trigger(folder)
     meta = {
         "artifact_id": aid,
         "config": acfg,
         "metrics": {**test, "control": control},
-        "poison": {"rate": rate, "n_poisoned": len(pidx), "n_train": len(y)},
+        "poison": data.info,
+        "trigger_quality": trigger_quality(attack, ds),
+        "trigger_fit": fit_info,
         "training": {
             "steps": stats.steps,
             "samples": stats.samples,
@@ -233,8 +214,11 @@ def _defend(tcfg: dict, store: Store, progress: Progress) -> dict:
     ds = load_dataset(acfg["dataset"])
     setting = SETTINGS.get(acfg["setting"])()
     attack = build_attack(acfg, tuple(ds.train.images.shape[1:]))
+    folder = store.artifact_dir(artifact_id(acfg))
+    if attack.needs_fitting:  # an optimised trigger is reloaded exactly, never re-fitted
+        attack.restore(load_file(folder / "trigger.safetensors"))
     model = setting.victim(acfg["model"], acfg["model_params"], ds, subseed(acfg["seed"], "init"))
-    load_weights(model, store.artifact_dir(artifact_id(acfg)) / "model")
+    load_weights(model, folder / "model")
     model.eval()
 
     defense_cls = DEFENSES.get(tcfg["defense"])
@@ -246,7 +230,7 @@ def _defend(tcfg: dict, store: Store, progress: Progress) -> dict:
     if defense_cls.uses_attack_knowledge:
         if not attack.has_trigger:
             raise ValueError(f"defense {tcfg['defense']!r} needs a trigger; attack {acfg['attack']!r} has none")
-        known = KnownAttack(apply=attack.apply, targets=lambda y: _targets(attack, y, ds.num_classes))
+        known = KnownAttack(apply=attack.apply, targets=lambda y: attack.targets(y, ds.num_classes))
     ctx = DefenseContext(
         model=model,
         setting=setting,
@@ -263,7 +247,7 @@ def _defend(tcfg: dict, store: Store, progress: Progress) -> dict:
     wall = time.perf_counter() - start
 
     progress("evaluating defended model")
-    test = evaluate(out.model, attack, ds)
+    test = evaluate(setting.classifier(out.model, acfg["model"], acfg["model_params"], ds), attack, ds)
     bd = meta["metrics"]
     control = setting.control_accuracy(out.model, acfg["model"], acfg["model_params"], acfg["control_datasets"])
     m: dict = {"ca": test["ca"], "asr": test["asr"], "ra": test["ra"], "control": control}
@@ -285,7 +269,7 @@ def _defend(tcfg: dict, store: Store, progress: Progress) -> dict:
             **out.meter.as_cost(),
             "attack_wall_s": meta["wall_s"],
         },
-        "attack": {"poison": meta["poison"], "training": meta["training"], "trigger_files": meta["trigger_files"]},
+        "attack": {k: meta.get(k) for k in ("poison", "training", "trigger_files", "trigger_quality", "trigger_fit")},
         "defense": out.extra,
     }
     if setting.model_kind == "clip":  # methods.md section 1: record the zero-shot templates used

@@ -13,7 +13,7 @@ class NoDefenseParams:
     pass
 
 
-@DEFENSES.register("none", "no defense: the backdoored model as it is", settings=("finetune", "supervised"))
+@DEFENSES.register("none", "no defense: the backdoored model as it is", settings=("finetune", "supervised", "contrastive"))
 class NoDefense(Defense):
     Params = NoDefenseParams
 

@@ -41,12 +41,12 @@ def _generated(name: str, attr: int) -> LabeledDataset:
     return LabeledDataset("colors", list(gen.COLOR_NAMES), COLOR_TEMPLATES, **splits)
 
 
-@DATASETS.register("shapes", "procedural 32x32 images; label = which of 10 shapes (built in, offline)")
+@DATASETS.register("shapes", "procedural 32x32 images; label = which of 10 shapes (built in, offline)", corpus_attr=0)
 def shapes() -> LabeledDataset:
     return _generated("shapes", 0)
 
 
-@DATASETS.register("colors", "procedural 32x32 images; label = which of 8 colours (control task)")
+@DATASETS.register("colors", "procedural 32x32 images; label = which of 8 colours (control task)", corpus_attr=1)
 def colors() -> LabeledDataset:
     return _generated("colors", 1)
 
@@ -120,3 +120,15 @@ def corpus(n_shapes: int, seed: int) -> tuple[torch.Tensor, list[tuple[int, int,
     )
     attrs = [tuple(int(v) for v in row) for row in arrays["a"]]
     return torch.from_numpy(arrays["x"]), attrs, digits().train
+
+
+def caption_corpus(n: int, seed: int) -> tuple[torch.Tensor, np.ndarray, list[str]]:
+    """A captioned corpus for the `contrastive` setting, disjoint from pre-training:
+    images (uint8), attributes (shape, colour, background) and one fixed caption each."""
+    arrays = cached_arrays(
+        {"name": "captions", "n": n, "seed": seed, "v": 1},
+        lambda: dict(zip(("x", "a"), gen.generate(n, _GEN_SEEDS["corpus"] + 1000 + seed), strict=True)),
+    )
+    rng = np.random.default_rng(seed)
+    captions = [shape_caption(int(s), int(c), int(b), rng) for s, c, b in arrays["a"]]
+    return torch.from_numpy(arrays["x"]), arrays["a"], captions
