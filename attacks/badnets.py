@@ -55,7 +55,9 @@ class BadNetsParams(AttackParams):
     side: int | None = None  # None: max(3, round(3H/32))
 
 
-@ATTACKS.register("badnets", "square patch replaces pixels (Gu et al. 2017)", settings=("finetune", "supervised", "contrastive"))
+@ATTACKS.register(
+    "badnets", "square patch replaces pixels (Gu et al. 2017)", settings=("finetune", "supervised", "contrastive")
+)
 class BadNets(Attack):
     Params = BadNetsParams
 

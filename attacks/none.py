@@ -16,7 +16,9 @@ class NoAttackParams(AttackParams):
 
 
 @ATTACKS.register(
-    "none", "clean training on the same data: the clean-accuracy reference", settings=("finetune", "supervised", "contrastive")
+    "none",
+    "clean training on the same data: the clean-accuracy reference",
+    settings=("finetune", "supervised", "contrastive"),
 )
 class NoAttack(Attack):
     Params = NoAttackParams

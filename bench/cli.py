@@ -63,8 +63,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite)
     sel = Selection(args.attacks, args.defenses, args.models, args.datasets, args.settings, args.seeds)
     plan = plan_grid(suite, sel)
+    by_reason: dict[str, list[str]] = {}
     for cell, reason in plan.skipped:
-        console.print(f"[yellow]skip[/] {cell}: {reason}")
+        by_reason.setdefault(reason, []).append(cell)
+    for reason, cells in by_reason.items():
+        where = cells[0] if len(cells) == 1 else f"{len(cells)} cells (e.g. {cells[0]})"
+        console.print(f"[yellow]skip[/] {where}: {reason}", highlight=False)
     if not plan.trials:
         console.print("[red]nothing to run[/]: every requested cell was skipped")
         return 1

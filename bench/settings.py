@@ -118,6 +118,18 @@ class Setting(abc.ABC):
         """The victim as a classifier of [0, 1] images of `dataset` (for CA/ASR)."""
         return victim
 
+    def encode_labels(
+        self, labels: torch.Tensor, dataset: LabeledDataset, seed: int, victim: nn.Module
+    ) -> torch.Tensor:
+        """Class labels as the targets of this setting's loss (here: the labels)."""
+        return labels
+
+    def encoder_parameters(self, victim: nn.Module) -> list[nn.Parameter]:
+        """The image encoder's parameters: what TBAR fine-tunes and subtracts. A
+        classifier's head (timm's get_classifier) is excluded."""
+        head = {id(p) for p in getattr(victim, "head_parameters", list)()}
+        return [p for p in victim.parameters() if id(p) not in head]
+
     def control_accuracy(
         self, victim: nn.Module, model: str, overrides: dict | None, datasets: list[str]
     ) -> dict[str, float]:
@@ -249,6 +261,18 @@ class ContrastiveSetting(Setting):
             ds = load_dataset(name)
             out[name] = accuracy(predict(self.classifier(victim, model, overrides, ds), ds.test.x), ds.test.labels)
         return out
+
+    def encode_labels(self, labels, dataset, seed, victim):
+        """Caption tokens naming each label through a seeded choice of the dataset's
+        templates (how labelled data becomes image-caption pairs)."""
+        rng = np.random.default_rng(seed)
+        captions = [
+            dataset.templates[rng.integers(len(dataset.templates))].format(dataset.classnames[int(y)]) for y in labels
+        ]
+        return tokenize(captions, victim.context_length)
+
+    def encoder_parameters(self, victim):
+        return list(victim.visual.parameters())
 
     def attack_training_set(self, dataset, attack, acfg):
         from bench.config import from_dict

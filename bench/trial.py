@@ -241,6 +241,7 @@ def _defend(tcfg: dict, store: Store, progress: Progress) -> dict:
         train_size=len(ds.train),
         known=known,
         progress=progress,
+        classify=lambda m: setting.classifier(m, acfg["model"], acfg["model_params"], ds),
     )
     start = time.perf_counter()
     out = defense.run(ctx)

@@ -94,6 +94,9 @@ class DefenseContext:
     train_size: int  # size of the full train split, the unit of data fractions
     known: KnownAttack | None = None
     progress: Callable[[str], None] = lambda msg: None
+    # The model as a classifier of this dataset's images (identity unless the victim
+    # is a whole CLIP, whose zero-shot head comes from its own text tower).
+    classify: Callable[[nn.Module], nn.Module] = lambda model: model
 
     def generator(self, offset: int = 0) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed * 1000 + 17 + offset)

@@ -31,7 +31,9 @@ class FinetuneParams:
 
 
 @DEFENSES.register(
-    "finetune", "fine-tune on clean data only, 50x TBAR's data budget", settings=("finetune", "supervised")
+    "finetune",
+    "fine-tune on clean data only, 50x TBAR's data budget",
+    settings=("finetune", "supervised", "contrastive"),
 )
 class CleanFinetune(Defense):
     Params = FinetuneParams
@@ -42,7 +44,8 @@ class CleanFinetune(Defense):
         requested = math.ceil(p.budget_x * unit)
         n = min(requested, len(ctx.clean_pool))
         pool = ctx.clean_pool.subset(torch.arange(n))
-        data = TrainingSet(pool.x, pool.labels, torch.arange(n), torch.zeros(n, dtype=torch.bool))
+        targets = ctx.setting.encode_labels(pool.labels, ctx.dataset, ctx.seed, ctx.model)
+        data = TrainingSet(pool.x, targets, torch.arange(n), torch.zeros(n, dtype=torch.bool))
         steps = max(1, math.ceil(p.epochs * n / p.batch_size))
         meter = DataMeter()
         ctx.progress(f"finetune: {steps} steps on {n} clean samples")

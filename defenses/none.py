@@ -13,7 +13,9 @@ class NoDefenseParams:
     pass
 
 
-@DEFENSES.register("none", "no defense: the backdoored model as it is", settings=("finetune", "supervised", "contrastive"))
+@DEFENSES.register(
+    "none", "no defense: the backdoored model as it is", settings=("finetune", "supervised", "contrastive")
+)
 class NoDefense(Defense):
     Params = NoDefenseParams
 

@@ -64,23 +64,27 @@ def trigger_set(ctx: DefenseContext, fraction: float, variant: str) -> TrainingS
     targets = ctx.known.targets(clean.labels)
     keep = clean.labels != targets
     x = clean.x
-    trig = TrainingSet(
-        ctx.known.apply(x[keep]), targets[keep], idx[keep], torch.ones(int(keep.sum()), dtype=torch.bool)
-    )
+    # The setting turns labels into its loss's targets (class ids, or caption tokens
+    # naming the class in the contrastive setting).
+    encode = ctx.setting.encode_labels
+    trig_y = encode(targets[keep], ctx.dataset, ctx.seed, ctx.model)
+    trig = TrainingSet(ctx.known.apply(x[keep]), trig_y, idx[keep], torch.ones(int(keep.sum()), dtype=torch.bool))
     if variant == "triggered":
         return trig
     # mix: as many clean samples (with true labels) as triggered ones
     n = len(trig)
-    return TrainingSet.concat(trig, TrainingSet(x[:n], clean.labels[:n], idx[:n], torch.zeros(n, dtype=torch.bool)))
+    clean_y = encode(clean.labels[:n], ctx.dataset, ctx.seed + 1, ctx.model)
+    return TrainingSet.concat(trig, TrainingSet(x[:n], clean_y, idx[:n], torch.zeros(n, dtype=torch.bool)))
 
 
 @torch.no_grad()
 def val_point(
     model, ctx: DefenseContext, x_val: torch.Tensor, x_val_trig: torch.Tensor, t_val: torch.Tensor
 ) -> dict[str, float]:
+    clf = ctx.classify(model)
     return {
-        "ca": accuracy(predict(model, x_val), ctx.val.labels),
-        "asr": attack_success_rate(predict(model, x_val_trig), ctx.val.labels, t_val),
+        "ca": accuracy(predict(clf, x_val), ctx.val.labels),
+        "asr": attack_success_rate(predict(clf, x_val_trig), ctx.val.labels, t_val),
     }
 
 
@@ -100,10 +104,11 @@ class Tbar(Defense):
         data = trigger_set(ctx, p.data_fraction, p.variant)
 
         ctx.progress(f"tbar: trigger fine-tune on {len(data)} samples")
-        # methods.md step 2: the head stays frozen (a zero-shot head is a buffer
-        # already; a classifier's last layer is frozen here), so tau is the encoder's.
-        for param in getattr(model, "head_parameters", list)():
-            param.requires_grad_(False)
+        # methods.md steps 2-3: only the image encoder is fine-tuned (the head and,
+        # in the contrastive setting, the text tower stay frozen), so tau is the encoder's.
+        encoder = {id(q) for q in ctx.setting.encoder_parameters(model)}
+        for param in model.parameters():
+            param.requires_grad_(id(param) in encoder)
         theta_bd = taskvec.trainable_params(model)
         finetuned = copy.deepcopy(model)
         torch.manual_seed(ctx.seed)
@@ -132,3 +137,17 @@ class Tbar(Defense):
             curve=curve,
             extra={"alpha": a_star, "tau_norm": taskvec.norm(tau), "val_at_alpha": curve[best]},
         )
+
+
+@dataclass(frozen=True)
+class TbarMixParams(TbarParams):
+    variant: Literal["triggered", "mix"] = "mix"
+
+
+@DEFENSES.register(
+    "tbar-mix",
+    "tbar whose trigger fine-tune also sees as many clean samples with true labels",
+    settings=("finetune", "supervised", "contrastive"),
+)
+class TbarMix(Tbar):
+    Params = TbarMixParams

@@ -41,7 +41,7 @@ def test_typed_config_errors_name_the_field_and_allowed_values():
 
 def test_builtin_suites_load_and_bad_suite_files_fail_clearly(tmp_path):
     s = load_suite("micro")
-    assert isinstance(s, SuiteConfig) and s.models == ["tiny-clip"]
+    assert isinstance(s, SuiteConfig) and s.models == ["tiny-clip", "tiny-resnet"]
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nattack_params: {badnets: {side: 'big'}}\n")
     with pytest.raises(ConfigError, match=r"attack_params\.badnets"):

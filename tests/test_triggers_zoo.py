@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attacks.badclip import BadClipPatch, BadClipParams, badclip_side
+from attacks.badclip import BadClipParams, BadClipPatch, badclip_side
 from attacks.sig import Sig, SigParams, sig_signal
 from attacks.wanet import Wanet, WanetParams, identity_grid, warp
 from bench import metrics
@@ -105,7 +105,11 @@ def test_visibility_metrics_golden_values():
 @settings(max_examples=25, deadline=None)
 @given(st.integers(8, 64), st.integers(0, 2**31 - 1), st.sampled_from(["wanet", "sig", "badclip"]))
 def test_new_triggers_are_pure_deterministic_and_in_range(size, seed, name):
-    cls, params = {"wanet": (Wanet, WanetParams()), "sig": (Sig, SigParams()), "badclip": (BadClipPatch, BadClipParams())}[name]
+    cls, params = {
+        "wanet": (Wanet, WanetParams()),
+        "sig": (Sig, SigParams()),
+        "badclip": (BadClipPatch, BadClipParams()),
+    }[name]
     x = torch.rand(2, 3, size, size)
     x0 = x.clone()
     out = cls(params, (3, size, size), seed).apply(x)
