@@ -214,8 +214,12 @@ class SupervisedSetting(Setting):
 
 @dataclass(frozen=True)
 class ContrastiveTraining(VictimTraining):
-    steps: int = 600
-    lr: float = 1e-5
+    """Measured on tiny-clip/shapes, badnets at p = 1%: lr 1e-4 x 300 steps gave 0.1%
+    ASR, 5e-4 x 1000 gave 2.5%, 1e-3 x 2000 gives 55% (and p = 5% with 5e-4 x 1000
+    gives 96%): at this scale a 1% poison needs a long schedule."""
+
+    steps: int = 2000
+    lr: float = 1e-3
     batch_size: int = 128
     weight_decay: float = 0.1
     corpus_size: int = 8000  # generated image-caption pairs, disjoint from pre-training
