@@ -14,7 +14,7 @@ from rich.table import Table
 from bench.config import ConfigError, load_suite, suite_names
 from bench.registry import UnknownNameError
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 out = Console()
 
 

@@ -84,16 +84,21 @@ def train(
     loss_fn: LossFn,
     batches: Iterable[Batch],
     spec: TrainSpec,
-    params: Iterable[nn.Parameter] | None = None,
+    params: Iterable[nn.Parameter] | Iterable[dict] | None = None,
     on_step: Callable[[int, float], None] | None = None,
 ) -> TrainStats:
     """Run `spec.steps` AdamW steps of `loss_fn` over `batches` on `params`
-    (default: every parameter that requires grad)."""
-    params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+    (default: every parameter that requires grad). `params` may also be AdamW
+    parameter groups (dicts), e.g. to exempt norms and biases from weight decay."""
+    items = list(params if params is not None else model.parameters())
+    if items and isinstance(items[0], dict):
+        groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in items]
+    else:
+        groups = [{"params": [p for p in items if p.requires_grad]}]
     stats = TrainStats()
     if spec.steps == 0:
         return stats
-    opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    opt = torch.optim.AdamW(groups, lr=spec.lr, weight_decay=spec.weight_decay)
     model.train()
     if spec.freeze_norm_stats:
         set_norm_eval(model)

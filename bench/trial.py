@@ -242,6 +242,9 @@ def _defend(tcfg: dict, store: Store, progress: Progress) -> dict:
         known=known,
         progress=progress,
         classify=lambda m: setting.classifier(m, acfg["model"], acfg["model_params"], ds),
+        out_dir=store.root / "trials" / trial_id(tcfg),
+        model_name=acfg["model"],
+        model_params=acfg["model_params"],
     )
     start = time.perf_counter()
     out = defense.run(ctx)
@@ -273,6 +276,9 @@ def _defend(tcfg: dict, store: Store, progress: Progress) -> dict:
         "attack": {k: meta.get(k) for k in ("poison", "training", "trigger_files", "trigger_quality", "trigger_fit")},
         "defense": out.extra,
     }
+    if "target_est" in out.extra and attack.has_trigger:
+        # Scored here, by the engine: the defense itself never sees the attack's target.
+        result["defense"]["target_correct"] = out.extra["target_est"] == attack.params.target
     if setting.model_kind == "clip":  # methods.md section 1: record the zero-shot templates used
         result["templates"] = {
             name: load_dataset(name).templates for name in [acfg["dataset"], *acfg["control_datasets"]]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -97,6 +98,11 @@ class DefenseContext:
     # The model as a classifier of this dataset's images (identity unless the victim
     # is a whole CLIP, whose zero-shot head comes from its own text tower).
     classify: Callable[[nn.Module], nn.Module] = lambda model: model
+    out_dir: Path | None = None  # where a defense may save pictures (inverted masks)
+    # The victim model's registry name and parameters (never the attack's), for
+    # defenses that need the pre-trained model the victim started from.
+    model_name: str = ""
+    model_params: dict | None = None
 
     def generator(self, offset: int = 0) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed * 1000 + 17 + offset)

@@ -87,3 +87,27 @@ def test_a_failing_trial_is_recorded_and_the_grid_goes_on(tmp_path):
     assert statuses == {"none": "ok", "tbar": "failed"}
     failed = next(r for r in summary.records if r["status"] == "failed")
     assert "defender's pool holds" in failed["error"]
+
+
+def test_tbar_inverted_is_given_no_knowledge_of_the_attack(tmp_path, monkeypatch):
+    """The engine hands tbar-inverted no trigger and no target; the attack config is
+    not in its context at all (its only inputs are model, clean pool, val split)."""
+    import dataclasses
+
+    from defenses.base import DataMeter, DefenseContext, DefenseOutput
+    from defenses.detectors import TbarInverted
+
+    seen = {}
+
+    def spy(self, ctx):
+        seen["known"] = ctx.known
+        seen["fields"] = {f.name for f in dataclasses.fields(DefenseContext)}
+        return DefenseOutput(ctx.model, DataMeter())
+
+    monkeypatch.setattr(TbarInverted, "run", spy)
+    suite = _suite(setting_params={"supervised": {"steps": 2, "batch_size": 16}})
+    plan = plan_grid(suite, Selection(attacks="badnets", defenses="tbar-inverted"))
+    run_serial(plan, Store(tmp_path))
+    assert seen["known"] is None
+    assert not any("attack" in name for name in seen["fields"])
+    assert TbarInverted.uses_attack_knowledge is False

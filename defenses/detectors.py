@@ -1,0 +1,114 @@
+"""Trigger-inversion detectors and TBAR's inverted mode, which knows nothing of the attack."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from attacks.images import save_png
+from bench.registry import DEFENSES
+from defenses.base import DataMeter, Defense, DefenseContext, DefenseOutput, KnownAttack
+from defenses.inversion import InversionParams, InvertedTrigger, decree, neural_cleanse
+from defenses.tbar import Tbar, TbarParams
+
+
+@dataclass(frozen=True)
+class DecreeParams(InversionParams):
+    steps: int = 300
+    l1_weight: float = 1.0  # weight of the mask's mean (per-pixel share) in the loss
+
+
+def invert(ctx: DefenseContext, method: str, p: InversionParams, meter: DataMeter) -> InvertedTrigger:
+    """Reverse-engineer a trigger on the defender's clean data (never the attack's)."""
+    clean, idx = ctx.clean_subset(p.data_fraction)
+    meter.clean.update(idx.tolist())
+    meter.steps += p.steps * (ctx.dataset.num_classes if method == "neural-cleanse" else 1)
+    gen = ctx.generator(offset=7)
+    x = clean.x
+    if method == "neural-cleanse":
+        return neural_cleanse(ctx.classify(ctx.model), x, ctx.dataset.num_classes, p, gen, ctx.progress)
+    clf = ctx.classify(ctx.model)
+    if not hasattr(clf, "features"):
+        raise ValueError("decree needs an encoder (a CLIP setting); use neural-cleanse for classifiers")
+    ctx.progress("decree: inverting the trigger")
+    l1_weight = getattr(p, "l1_weight", DecreeParams.l1_weight)
+    return decree(clf.features, clf, list(ctx.model.parameters()), x, p, gen, l1_weight)
+
+
+def save_inverted(ctx: DefenseContext, inv: InvertedTrigger) -> list[str]:
+    if ctx.out_dir is None:
+        return []
+    save_png(inv.mask, ctx.out_dir / "inverted_mask.png", scale=4)
+    save_png(inv.pattern * inv.mask, ctx.out_dir / "inverted_trigger.png", scale=4)
+    return ["inverted_mask.png", "inverted_trigger.png"]
+
+
+class Detector(Defense):
+    """Runs an inversion and reports it; the model is returned unchanged."""
+
+    method: str
+
+    def run(self, ctx: DefenseContext) -> DefenseOutput:
+        meter = DataMeter()
+        inv = invert(ctx, self.method, self.params, meter)
+        files = save_inverted(ctx, inv)
+        return DefenseOutput(ctx.model, meter, extra={"target_est": inv.target, "inversion": inv.info, "files": files})
+
+
+@DEFENSES.register(
+    "neural-cleanse",
+    "detector: per-class minimal trigger, MAD outlier = target (Wang et al. 2019)",
+    settings=("supervised", "finetune"),
+)
+class NeuralCleanse(Detector):
+    Params = InversionParams
+    method = "neural-cleanse"
+
+
+@DEFENSES.register(
+    "decree",
+    "detector: trigger that collapses encoder embeddings (Feng et al. 2023)",
+    settings=("finetune", "contrastive"),
+)
+class Decree(Detector):
+    Params = DecreeParams
+    method = "decree"
+
+
+@dataclass(frozen=True)
+class TbarInvertedParams(TbarParams):
+    inverter: Literal["auto", "decree", "neural-cleanse"] = "auto"  # auto: decree for CLIP, neural-cleanse otherwise
+    inversion_steps: int = 300
+    inversion_lr: float = 0.1
+    decree_l1_weight: float = 1.0
+
+
+@DEFENSES.register(
+    "tbar-inverted",
+    "tbar with no knowledge of the attack: trigger and target from trigger inversion",
+    settings=("finetune", "supervised", "contrastive"),
+)
+class TbarInverted(Tbar):
+    Params = TbarInvertedParams
+    uses_attack_knowledge = False  # the engine gives it no trigger and no target
+
+    def run(self, ctx: DefenseContext) -> DefenseOutput:
+        p: TbarInvertedParams = self.params
+        method = (
+            p.inverter if p.inverter != "auto" else ("decree" if ctx.setting.model_kind == "clip" else "neural-cleanse")
+        )
+        meter = DataMeter()
+        inv_params = DecreeParams(
+            steps=p.inversion_steps, lr=p.inversion_lr, data_fraction=p.data_fraction, l1_weight=p.decree_l1_weight
+        )
+        inv = invert(ctx, method, inv_params, meter)
+        target = inv.target
+        known = KnownAttack(apply=inv.apply, targets=lambda y: torch.full_like(y, target))
+        out = super().run(dataclasses.replace(ctx, known=known))
+        out.meter.clean |= meter.clean  # inversion used clean samples of the same pool
+        out.meter.steps += meter.steps
+        out.extra.update({"target_est": target, "inversion": inv.info, "files": save_inverted(ctx, inv)})
+        return out

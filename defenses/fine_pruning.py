@@ -1,0 +1,104 @@
+"""Fine-pruning (Liu et al. 2018), on clean data only.
+
+1. Rank the units of the last block (CNN: last stage's output channels; ViT: the
+   last block's MLP hidden units) by mean activation on the defender's clean data.
+2. Mask the least active `step_fraction` (1%) more at a time, measuring clean
+   validation accuracy after each step, until it falls below
+   (1 - max_drop) * CA(backdoored) (max_drop 10%, relative); keep the last mask
+   before that point. This is the tuning rule, and it reads validation CA only.
+3. Fine-tune the pruned model on clean data (`data_fraction` 5% of train) with the
+   setting's loss, the mask kept in place.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from bench.metrics import accuracy, predict
+from bench.registry import DEFENSES
+from bench.train import TrainSpec, train
+from defenses.base import DataMeter, Defense, DefenseContext, DefenseOutput, TrainingSet
+from defenses.units import UnitMask, unit_activations, unit_layer
+
+
+@dataclass(frozen=True)
+class FinePruningParams:
+    step_fraction: float = 0.01
+    max_drop: float = 0.10
+    data_fraction: float = 0.05
+    epochs: float = 10.0
+    lr: float = 1e-4
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if not 0 < self.step_fraction <= 1 or not 0 <= self.max_drop < 1:
+            raise ValueError("need 0 < step_fraction <= 1 and 0 <= max_drop < 1")
+
+
+def prune_until(ca_of_mask, order: torch.Tensor, step: int, threshold: float) -> tuple[int, list[dict]]:
+    """Mask `order[:k]` for k = step, 2*step, ... while CA stays >= threshold.
+    Returns the last feasible k (0 if even the first step is too much) and the curve."""
+    curve: list[dict] = []
+    best = 0
+    for k in range(step, len(order) + 1, step):
+        ca = ca_of_mask(k)
+        curve.append({"pruned": k, "ca": ca})
+        if ca < threshold:
+            break
+        best = k
+    return best, curve
+
+
+@DEFENSES.register(
+    "fine-pruning",
+    "prune the least active last-block units on clean data, then fine-tune (Liu et al. 2018)",
+    settings=("finetune", "supervised", "contrastive"),
+)
+class FinePruning(Defense):
+    Params = FinePruningParams
+
+    def run(self, ctx: DefenseContext) -> DefenseOutput:
+        p: FinePruningParams = self.params
+        model = ctx.model
+        clean, idx = ctx.clean_subset(p.data_fraction)
+        layer = unit_layer(model)
+        clf = ctx.classify(model)
+        ctx.progress("fine-pruning: ranking units")
+        acts = unit_activations(clf, layer, clean.x)
+        order = torch.argsort(acts)  # least active first
+        mask = UnitMask(layer, len(acts))
+        x_val = ctx.val.x
+
+        def ca_with(k: int) -> float:
+            mask.mask = torch.ones(len(acts))
+            mask.mask[order[:k]] = 0
+            return accuracy(predict(ctx.classify(model), x_val), ctx.val.labels)
+
+        ca_bd = ca_with(0)
+        step = max(1, round(p.step_fraction * len(acts)))
+        best, curve = prune_until(ca_with, order, step, (1 - p.max_drop) * ca_bd)
+        ca_with(best)
+        ctx.progress(f"fine-pruning: {best}/{len(acts)} units pruned; fine-tuning")
+
+        meter = DataMeter(val_clean=len(x_val))
+        targets = ctx.setting.encode_labels(clean.labels, ctx.dataset, ctx.seed, model)
+        data = TrainingSet(clean.x, targets, idx, torch.zeros(len(idx), dtype=torch.bool))
+        steps = max(1, math.ceil(p.epochs * len(data) / p.batch_size))
+        torch.manual_seed(ctx.seed)
+        spec = TrainSpec(steps=steps, lr=p.lr, batch_size=p.batch_size)
+        train(model, ctx.setting.loss, data.stream(p.batch_size, ctx.generator(), meter), spec)
+        # The mask stays installed: the defended model is the pruned, fine-tuned one.
+        return DefenseOutput(
+            model=model,
+            meter=meter,
+            extra={
+                "units": len(acts),
+                "pruned": best,
+                "pruned_fraction": best / len(acts),
+                "val_ca_backdoored": ca_bd,
+                "prune_curve": curve,
+            },
+        )

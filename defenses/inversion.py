@@ -1,0 +1,186 @@
+"""Trigger inversion: reverse-engineer a (mask, pattern) trigger from the model and
+clean data alone, with x' = (1 - m) x + m p, m = sigmoid(mask logits) of shape
+(H, W) and p = sigmoid(pattern logits) of shape (C, H, W).
+
+- neural-cleanse (Wang et al. 2019), for classifiers: for every class c, the
+  smallest mask that sends clean images to c (cross-entropy to c + lambda * |m|_1,
+  with Neural Cleanse's adaptive lambda: raised while the inverted trigger reaches
+  the success threshold, lowered while it does not). The target is the class whose
+  mask L1 norm is a low outlier: MAD anomaly index > 2 (consistency constant 1.4826).
+- decree (Feng et al. 2023), for encoders: one mask/pattern that makes the
+  embeddings of triggered clean images mutually similar (maximise their mean
+  pairwise cosine) with an L1 penalty on m; the target is the class the zero-shot
+  head assigns most often to triggered images.
+
+Neither reads anything about the attack; both are used by tbar's inverted mode
+and registered on their own as detectors (the model is returned unchanged).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from bench.metrics import predict
+
+
+@dataclass
+class InvertedTrigger:
+    mask: torch.Tensor  # (H, W) in [0, 1]
+    pattern: torch.Tensor  # (C, H, W) in [0, 1]
+    target: int
+    info: dict
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        return (1 - self.mask) * x + self.mask * self.pattern
+
+
+def _apply(x: torch.Tensor, mask_logit: torch.Tensor, pattern_logit: torch.Tensor) -> torch.Tensor:
+    m = torch.sigmoid(mask_logit)
+    return (1 - m) * x + m * torch.sigmoid(pattern_logit)
+
+
+def mad_anomaly_index(norms: torch.Tensor) -> torch.Tensor:
+    """Per-class anomaly index |l - median| / (1.4826 * MAD) of mask norms."""
+    med = norms.median()
+    mad = 1.4826 * (norms - med).abs().median()
+    return (norms - med).abs() / mad.clamp_min(1e-12)
+
+
+@dataclass(frozen=True)
+class InversionParams:
+    steps: int = 150  # optimiser steps per candidate (neural-cleanse: per class)
+    lr: float = 0.1
+    batch_size: int = 64
+    init_cost: float = 1e-3
+    success_threshold: float = 0.99  # neural-cleanse's attack-success target for lambda
+    cost_multiplier: float = 1.5
+    patience: int = 5
+    data_fraction: float = 0.02  # share of train the defender spends on inversion
+    anomaly_threshold: float = 2.0
+
+
+def neural_cleanse_class(
+    model: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    target: int,
+    p: InversionParams,
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The smallest mask/pattern sending x to `target`; returns (mask, pattern, success rate)."""
+    _, c, h, w = x.shape
+    mask_logit = torch.full((h, w), -2.0).requires_grad_(True)  # start small: sigmoid(-2) = 0.12
+    pattern_logit = torch.zeros(c, h, w).requires_grad_(True)
+    opt = torch.optim.Adam([mask_logit, pattern_logit], lr=p.lr, betas=(0.5, 0.9))
+    cost, up, down = p.init_cost, 0, 0
+    best = (torch.sigmoid(mask_logit).detach(), torch.sigmoid(pattern_logit).detach(), float("inf"))
+    y = torch.full((p.batch_size,), target)
+    for _ in range(p.steps):
+        idx = torch.randint(len(x), (p.batch_size,), generator=gen)
+        logits = model(_apply(x[idx], mask_logit, pattern_logit))
+        l1 = torch.sigmoid(mask_logit).sum()
+        loss = F.cross_entropy(logits, y) + cost * l1
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        success = float((logits.argmax(1) == target).float().mean())
+        if success >= p.success_threshold and float(l1) < best[2]:
+            best = (
+                torch.sigmoid(mask_logit).detach().clone(),
+                torch.sigmoid(pattern_logit).detach().clone(),
+                float(l1),
+            )
+        # Neural Cleanse's cost schedule: grow lambda while the trigger works, shrink it while it fails.
+        up, down = (up + 1, 0) if success >= p.success_threshold else (0, down + 1)
+        if up >= p.patience:
+            cost, up = cost * p.cost_multiplier, 0
+        elif down >= p.patience:
+            cost, down = cost / p.cost_multiplier**1.5, 0
+    mask, pattern, _ = best
+    with torch.no_grad():
+        rate = float((predict(model, (1 - mask) * x + mask * pattern) == target).float().mean())
+    return mask, pattern, rate
+
+
+def neural_cleanse(
+    model, x: torch.Tensor, num_classes: int, p: InversionParams, gen: torch.Generator, progress=lambda m: None
+) -> InvertedTrigger:
+    frozen = [(q, q.requires_grad) for q in model.parameters()]
+    for q, _ in frozen:
+        q.requires_grad_(False)
+    model.eval()
+    try:
+        results = []
+        for c in range(num_classes):
+            progress(f"neural-cleanse: class {c + 1}/{num_classes}")
+            results.append(neural_cleanse_class(model, x, c, p, gen))
+    finally:
+        for q, flag in frozen:
+            q.requires_grad_(flag)
+    norms = torch.tensor([float(m.sum()) for m, _, _ in results])
+    index = mad_anomaly_index(norms)
+    target = int(torch.argmin(norms))
+    mask, pattern, rate = results[target]
+    detected = bool(norms[target] < norms.median() and index[target] > p.anomaly_threshold)
+    info = {
+        "method": "neural-cleanse",
+        "mask_l1": norms.tolist(),
+        "anomaly_index": float(index[target]),
+        "detected": detected,
+        "inverted_success": rate,
+    }
+    return InvertedTrigger(mask, pattern, target, info)
+
+
+def decree(
+    encode: Callable[[torch.Tensor], torch.Tensor],
+    classify: Callable[[torch.Tensor], torch.Tensor],
+    params_of_model,
+    x: torch.Tensor,
+    p: InversionParams,
+    gen: torch.Generator,
+    l1_weight: float,
+) -> InvertedTrigger:
+    """One mask/pattern making triggered embeddings collapse together (DECREE)."""
+    frozen = [(q, q.requires_grad) for q in params_of_model]
+    for q, _ in frozen:
+        q.requires_grad_(False)
+    _, c, h, w = x.shape
+    mask_logit = torch.full((h, w), -2.0).requires_grad_(True)
+    pattern_logit = torch.zeros(c, h, w).requires_grad_(True)
+    opt = torch.optim.Adam([mask_logit, pattern_logit], lr=p.lr, betas=(0.5, 0.9))
+    try:
+        for _ in range(p.steps):
+            idx = torch.randint(len(x), (p.batch_size,), generator=gen)
+            emb = F.normalize(encode(_apply(x[idx], mask_logit, pattern_logit)), dim=-1)
+            sim = emb @ emb.T
+            n = len(emb)
+            mean_pairwise = (sim.sum() - sim.diagonal().sum()) / (n * (n - 1))
+            l1 = torch.sigmoid(mask_logit).mean()  # per-pixel share, so the weight is size-free
+            loss = -mean_pairwise + l1_weight * l1
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        for q, flag in frozen:
+            q.requires_grad_(flag)
+    mask, pattern = torch.sigmoid(mask_logit).detach(), torch.sigmoid(pattern_logit).detach()
+    with torch.no_grad():
+        emb = F.normalize(
+            torch.cat([encode((1 - mask) * x[i : i + 256] + mask * pattern) for i in range(0, len(x), 256)]), dim=-1
+        )
+        sim = emb @ emb.T
+        n = len(emb)
+        pairwise = float((sim.sum() - sim.diagonal().sum()) / (n * (n - 1)))
+        votes = torch.bincount(predict(classify, (1 - mask) * x + mask * pattern))
+    target = int(votes.argmax())
+    info = {
+        "method": "decree",
+        "mask_l1_share": float(mask.mean()),
+        "mean_pairwise_cosine": pairwise,
+        "target_vote_share": float(votes.max() / votes.sum()),
+    }
+    return InvertedTrigger(mask, pattern, target, info)

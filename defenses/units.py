@@ -1,0 +1,79 @@
+"""Prunable units of a victim, shared by the pruning defenses (fine-pruning, ANP).
+
+methods.md: the units are the last block's MLP hidden units in a ViT and the last
+convolutional stage's output channels in a CNN. A unit is switched off by a
+forward hook that multiplies its channel by a mask, so pruning never edits the
+weights and a mask can be changed or removed at any time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+
+def unit_layer(model: nn.Module) -> nn.Module:
+    """The module whose output channels (dim 1) are the units of `model`."""
+    for path in ("visual.layer4", "net.layer4", "layer4"):  # open_clip ModifiedResNet, timm ResNet
+        mod = model
+        try:
+            for part in path.split("."):
+                mod = getattr(mod, part)
+        except AttributeError:
+            continue
+        return mod
+    for path in ("visual.transformer.resblocks", "net.blocks"):  # open_clip ViT, timm ViT
+        mod = model
+        try:
+            for part in path.split("."):
+                mod = getattr(mod, part)
+        except AttributeError:
+            continue
+        last = mod[-1]
+        return last.mlp.c_fc if hasattr(last.mlp, "c_fc") else last.mlp.fc1
+    raise ValueError(f"no prunable layer known for {type(model).__name__}; add its path to defenses/units.py")
+
+
+def _channel_view(mask: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    # conv maps are (N, C, H, W); ViT MLP hidden states are (N, L, C) or (L, N, C)
+    return mask.view(1, -1, 1, 1) if out.ndim == 4 else mask.view(*([1] * (out.ndim - 1)), -1)
+
+
+class UnitMask:
+    """A per-unit multiplicative mask installed as a forward hook."""
+
+    def __init__(self, layer: nn.Module, n_units: int):
+        self.mask = torch.ones(n_units)
+        self.handle = layer.register_forward_hook(self._hook)
+
+    def _hook(self, module, inputs, out):
+        return out * _channel_view(self.mask.to(out.dtype), out)
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+@torch.no_grad()
+def unit_activations(
+    forward: Callable[[torch.Tensor], torch.Tensor], layer: nn.Module, x: torch.Tensor, batch_size: int = 500
+) -> torch.Tensor:
+    """Mean activation of each unit of `layer` while `forward` runs over the images x."""
+    sums: list[torch.Tensor] = []
+    chunk_len = [0]
+
+    def hook(module, inputs, out):
+        ch = 1 if out.ndim == 4 else out.ndim - 1
+        dims = [d for d in range(out.ndim) if d != ch]
+        sums.append(out.float().mean(dim=dims) * chunk_len[0])
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        for i in range(0, len(x), batch_size):
+            chunk = x[i : i + batch_size]
+            chunk_len[0] = len(chunk)
+            forward(chunk)
+    finally:
+        handle.remove()
+    return torch.stack(sums).sum(0) / len(x)
