@@ -36,7 +36,7 @@ def unit_layer(model: nn.Module) -> nn.Module:
     raise ValueError(f"no prunable layer known for {type(model).__name__}; add its path to defenses/units.py")
 
 
-def _channel_view(mask: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+def channel_view(mask: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     # conv maps are (N, C, H, W); ViT MLP hidden states are (N, L, C) or (L, N, C)
     return mask.view(1, -1, 1, 1) if out.ndim == 4 else mask.view(*([1] * (out.ndim - 1)), -1)
 
@@ -49,7 +49,7 @@ class UnitMask:
         self.handle = layer.register_forward_hook(self._hook)
 
     def _hook(self, module, inputs, out):
-        return out * _channel_view(self.mask.to(out.dtype), out)
+        return out * channel_view(self.mask.to(out.dtype), out)
 
     def remove(self) -> None:
         self.handle.remove()

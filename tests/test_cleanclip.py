@@ -23,7 +23,10 @@ def test_cleanclip_loss_equals_a_hand_computation_on_two_samples():
     txt = [[0.5, 0.5, 0.0], [-0.1, 0.8, 0.2]]
     txt_aug = [[0.4, 0.6, 0.1], [0.0, 0.7, 0.3]]
     scale = 10.0
-    expect = _infonce_by_hand(img, txt, scale) + (_infonce_by_hand(img, img_aug, scale) + _infonce_by_hand(txt, txt_aug, scale)) / 2
+    expect = (
+        _infonce_by_hand(img, txt, scale)
+        + (_infonce_by_hand(img, img_aug, scale) + _infonce_by_hand(txt, txt_aug, scale)) / 2
+    )
     got = cleanclip_loss(*(torch.tensor(v) for v in (img, img_aug, txt, txt_aug)), torch.tensor(math.log(scale)))
     assert math.isclose(float(got), expect, rel_tol=1e-5)
 

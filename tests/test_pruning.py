@@ -48,3 +48,35 @@ def test_unit_mask_switches_channels_off_and_activations_rank_them():
     assert torch.all(out[:, [1, 4]] == 0) and torch.all(out[:, [0, 2, 3, 5]] != 0)
     m.remove()
     assert torch.all(model(x)[:, 1] != 0)
+
+
+def test_anp_masks_move_under_perturbation():
+    from defenses.anp import AnpParams, learn_masks
+    from defenses.base import DataMeter
+
+    torch.manual_seed(0)
+    model = Net()
+    for q in model.parameters():
+        q.requires_grad_(False)
+    x = torch.rand(64, 3, 5, 5)
+    y = torch.randint(0, 6, (64,))
+
+    def masks(eps):
+        meter = DataMeter()
+        m = learn_masks(
+            model,
+            model.net.layer4,
+            6,
+            x,
+            y,
+            AnpParams(eps=eps, iterations=30, batch_size=16),
+            torch.Generator().manual_seed(0),
+            meter,
+        )
+        assert meter.steps == 30
+        return m
+
+    calm, perturbed = masks(0.0), masks(0.4)
+    assert float(perturbed.min()) >= 0 and float(perturbed.max()) <= 1
+    assert float((perturbed - calm).abs().max()) > 1e-3, "the adversarial perturbation must change what the masks learn"
+    assert len(model.net.layer4._forward_hooks) == 0  # the hook is removed afterwards
