@@ -45,8 +45,8 @@ def _apply(x: torch.Tensor, mask_logit: torch.Tensor, pattern_logit: torch.Tenso
 
 def mad_anomaly_index(norms: torch.Tensor) -> torch.Tensor:
     """Per-class anomaly index |l - median| / (1.4826 * MAD) of mask norms."""
-    med = norms.median()
-    mad = 1.4826 * (norms - med).abs().median()
+    med = torch.quantile(norms, 0.5)  # the true median (torch.median takes the lower middle)
+    mad = 1.4826 * torch.quantile((norms - med).abs(), 0.5)
     return (norms - med).abs() / mad.clamp_min(1e-12)
 
 
