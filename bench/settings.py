@@ -100,6 +100,8 @@ class Setting(abc.ABC):
     # Whether attack training may update BatchNorm statistics: yes from scratch,
     # no when fine-tuning a pre-trained model.
     attack_updates_norm_stats: bool = False
+    # Whether the loss's targets are captions (labels go through encode_labels).
+    caption_targets: bool = False
 
     def check_cell(self, model: str, dataset: str) -> str | None:
         """None if (model, dataset) can be attacked here, else the reason it cannot."""
@@ -244,6 +246,7 @@ class ContrastiveSetting(Setting):
     default_poison_rate = 0.01
     Params = ContrastiveTraining
     loss = staticmethod(clip_pair_loss)
+    caption_targets = True
 
     def check_cell(self, model, dataset):
         reason = super().check_cell(model, dataset)

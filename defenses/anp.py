@@ -15,7 +15,9 @@ Adaptation: the paper perturbs each BatchNorm neuron's weight and bias separatel
 the units here are a stage's output channels (or a ViT block's MLP hidden units),
 which have no separate bias, so one multiplicative perturbation of the unit's
 output stands for both. The paper runs 2000 iterations; the default here is 300
-(the record states it). Nothing is tuned on validation: the threshold is fixed.
+(the record states it). As issue 4 and fine-pruning define them, the units are
+those of the last stage/block only, where the paper masks every BatchNorm neuron
+of the network. Nothing is tuned on validation: the threshold is fixed.
 """
 
 from __future__ import annotations

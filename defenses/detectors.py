@@ -25,7 +25,9 @@ def invert(ctx: DefenseContext, method: str, p: InversionParams, meter: DataMete
     """Reverse-engineer a trigger on the defender's clean data (never the attack's)."""
     clean, idx = ctx.clean_subset(p.data_fraction)
     meter.clean.update(idx.tolist())
-    meter.steps += p.steps * (ctx.dataset.num_classes if method == "neural-cleanse" else 1)
+    runs = ctx.dataset.num_classes if method == "neural-cleanse" else 1
+    meter.steps += p.steps * runs
+    meter.samples_seen += p.steps * runs * p.batch_size
     gen = ctx.generator(offset=7)
     x = clean.x
     if method == "neural-cleanse":

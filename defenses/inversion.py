@@ -76,29 +76,30 @@ def neural_cleanse_class(
     pattern_logit = torch.zeros(c, h, w).requires_grad_(True)
     opt = torch.optim.Adam([mask_logit, pattern_logit], lr=p.lr, betas=(0.5, 0.9))
     cost, up, down = p.init_cost, 0, 0
-    best = (torch.sigmoid(mask_logit).detach(), torch.sigmoid(pattern_logit).detach(), float("inf"))
+    best: tuple[torch.Tensor, torch.Tensor, float] | None = None
     y = torch.full((p.batch_size,), target)
     for _ in range(p.steps):
         idx = torch.randint(len(x), (p.batch_size,), generator=gen)
-        logits = model(_apply(x[idx], mask_logit, pattern_logit))
-        l1 = torch.sigmoid(mask_logit).sum()
+        mask, pattern = torch.sigmoid(mask_logit), torch.sigmoid(pattern_logit)
+        logits = model((1 - mask) * x[idx] + mask * pattern)
+        l1 = mask.sum()
         loss = F.cross_entropy(logits, y) + cost * l1
+        success = float((logits.argmax(1) == target).float().mean())
+        l1_now = float(l1.detach())
+        # keep the smallest mask that reached the threshold, from this same forward pass
+        if success >= p.success_threshold and (best is None or l1_now < best[2]):
+            best = (mask.detach().clone(), pattern.detach().clone(), l1_now)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        success = float((logits.argmax(1) == target).float().mean())
-        if success >= p.success_threshold and float(l1) < best[2]:
-            best = (
-                torch.sigmoid(mask_logit).detach().clone(),
-                torch.sigmoid(pattern_logit).detach().clone(),
-                float(l1),
-            )
         # Neural Cleanse's cost schedule: grow lambda while the trigger works, shrink it while it fails.
         up, down = (up + 1, 0) if success >= p.success_threshold else (0, down + 1)
         if up >= p.patience:
             cost, up = cost * p.cost_multiplier, 0
         elif down >= p.patience:
             cost, down = cost / p.cost_multiplier**1.5, 0
+    if best is None:  # never reached the threshold: the final mask stands, flagged by its success rate
+        best = (torch.sigmoid(mask_logit).detach(), torch.sigmoid(pattern_logit).detach(), float("nan"))
     mask, pattern, _ = best
     with torch.no_grad():
         rate = float((predict(model, (1 - mask) * x + mask * pattern) == target).float().mean())
@@ -121,6 +122,7 @@ def neural_cleanse(
         for q, flag in frozen:
             q.requires_grad_(flag)
     norms = torch.tensor([float(m.sum()) for m, _, _ in results])
+    reached = [rate >= p.success_threshold * 0.9 for _, _, rate in results]
     index = mad_anomaly_index(norms)
     target = int(torch.argmin(norms))
     mask, pattern, rate = results[target]
@@ -131,6 +133,7 @@ def neural_cleanse(
         "anomaly_index": float(index[target]),
         "detected": detected,
         "inverted_success": rate,
+        "classes_reached": reached,
     }
     return InvertedTrigger(mask, pattern, target, info)
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 
 from bench import taskvec
 from bench.metrics import accuracy, attack_success_rate, predict
@@ -57,6 +58,22 @@ def select_alpha(curve: list[dict[str, float]], ca_reference: float, kappa: floa
     return min(feasible, key=lambda i: (curve[i]["asr"], curve[i]["alpha"]))
 
 
+def trigger_loss(ctx: DefenseContext):
+    """The setting's own loss, except in `contrastive`: there every caption of the
+    trigger set names the same class, so the in-batch CLIP loss has no negative that
+    points away from t (its gradient towards t cancels). TBAR then uses the CLIP
+    loss's image-to-text term against one caption set per class instead: cross-entropy
+    over the victim's own zero-shot head (its text tower stays frozen)."""
+    if not ctx.setting.caption_targets:
+        return ctx.setting.loss
+
+    def head_loss(model, batch):
+        x, y = batch
+        return F.cross_entropy(ctx.classify(model)(x), y)
+
+    return head_loss
+
+
 def trigger_set(ctx: DefenseContext, fraction: float, variant: str) -> TrainingSet:
     """Step 1: the defender's triggered (and, for `mix`, clean) fine-tuning set."""
     assert ctx.known is not None
@@ -66,7 +83,7 @@ def trigger_set(ctx: DefenseContext, fraction: float, variant: str) -> TrainingS
     x = clean.x
     # The setting turns labels into its loss's targets (class ids, or caption tokens
     # naming the class in the contrastive setting).
-    encode = ctx.setting.encode_labels
+    encode = ctx.setting.encode_labels if not ctx.setting.caption_targets else (lambda y, *_: y)
     trig_y = encode(targets[keep], ctx.dataset, ctx.seed, ctx.model)
     trig = TrainingSet(ctx.known.apply(x[keep]), trig_y, idx[keep], torch.ones(int(keep.sum()), dtype=torch.bool))
     if variant == "triggered":
@@ -91,7 +108,7 @@ def val_point(
 @DEFENSES.register(
     "tbar",
     "subtract the trigger task vector, scale chosen on validation (known trigger)",
-    settings=("finetune", "supervised"),
+    settings=("finetune", "supervised", "contrastive"),
 )
 class Tbar(Defense):
     Params = TbarParams
@@ -113,7 +130,7 @@ class Tbar(Defense):
         finetuned = copy.deepcopy(model)
         torch.manual_seed(ctx.seed)
         spec = TrainSpec(steps=p.steps, lr=p.lr, batch_size=p.batch_size, schedule="constant")
-        train(finetuned, ctx.setting.loss, data.stream(p.batch_size, ctx.generator(), meter), spec)
+        train(finetuned, trigger_loss(ctx), data.stream(p.batch_size, ctx.generator(), meter), spec)
         tau = taskvec.difference(taskvec.trainable_params(finetuned), theta_bd)
         del finetuned
 

@@ -32,7 +32,8 @@ def unit_layer(model: nn.Module) -> nn.Module:
         except AttributeError:
             continue
         last = mod[-1]
-        return last.mlp.c_fc if hasattr(last.mlp, "c_fc") else last.mlp.fc1
+        # the hidden units after their non-linearity (open_clip: mlp.gelu, timm: mlp.act)
+        return last.mlp.gelu if hasattr(last.mlp, "gelu") else last.mlp.act
     raise ValueError(f"no prunable layer known for {type(model).__name__}; add its path to defenses/units.py")
 
 
