@@ -111,3 +111,57 @@ def test_tbar_inverted_is_given_no_knowledge_of_the_attack(tmp_path, monkeypatch
     assert seen["known"] is None
     assert not any("attack" in name for name in seen["fields"])
     assert TbarInverted.uses_attack_knowledge is False
+
+
+TINY_DEFENSES = {
+    "tbar": {"steps": 3, "alpha_points": 3},
+    "tbar-mix": {"steps": 3, "alpha_points": 3},
+    "tbar-inverted": {"steps": 3, "alpha_points": 3, "inversion_steps": 4},
+    "finetune": {"budget_x": 1, "epochs": 1},
+    "cleanclip": {"budget_x": 1, "epochs": 1},
+    "fine-pruning": {"step_fraction": 0.25, "epochs": 1},
+    "anp": {"iterations": 3},
+    "neural-cleanse": {"steps": 3},
+    "decree": {"steps": 3},
+}
+
+
+@pytest.mark.slow
+def test_every_defense_runs_in_the_supervised_setting(tmp_path):
+    suite = _suite(defense_params=TINY_DEFENSES, setting_params={"supervised": {"steps": 10, "batch_size": 32}})
+    plan = plan_grid(suite, Selection(attacks="badnets", defenses="all"))
+    ran = {t["defense"] for t in plan.trials}
+    assert ran == {"none", "tbar", "tbar-mix", "tbar-inverted", "finetune", "fine-pruning", "anp", "neural-cleanse"}
+    summary = run_serial(plan, Store(tmp_path))
+    assert summary.failed == [], summary.failed
+    recs = {r["config"]["defense"]: r for r in summary.records}
+    assert recs["neural-cleanse"]["defense"]["target_correct"] in (True, False)
+    assert (tmp_path / "trials" / recs["neural-cleanse"]["trial_id"] / "inverted_mask.png").exists()
+    assert 0 <= recs["fine-pruning"]["defense"]["pruned_fraction"] <= 1
+    assert recs["tbar-inverted"]["cost"]["clean_samples"] > 0  # the inversion's clean data is counted
+
+
+@pytest.mark.slow
+def test_every_defense_runs_in_the_clip_settings(tmp_path):
+    suite = SuiteConfig(
+        name="tinyclip",
+        models=["tiny-clip"],
+        datasets=["shapes"],
+        settings=["finetune", "contrastive"],
+        control_datasets=["colors"],
+        model_params={"tiny-clip": {"pretrain_steps": 20, "pretrain_batch_size": 64}},
+        setting_params={"finetune": {"steps": 5}, "contrastive": {"steps": 5, "batch_size": 32, "corpus_size": 400}},
+        defense_params=TINY_DEFENSES,
+    )
+    plan = plan_grid(suite, Selection(attacks="badnets", defenses="all"))
+    cells = {(t["artifact"]["setting"], t["defense"]) for t in plan.trials}
+    assert {
+        ("finetune", "cleanclip"),
+        ("contrastive", "cleanclip"),
+        ("contrastive", "tbar"),
+        ("finetune", "decree"),
+    } <= cells
+    summary = run_serial(plan, Store(tmp_path))
+    assert summary.failed == [], summary.failed
+    for r in summary.records:
+        assert r["templates"]["shapes"], r["config"]
