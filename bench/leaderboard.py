@@ -74,6 +74,7 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
                 "clean_samples": _num(cost.get("clean_samples")),
                 "triggered_samples": _num(cost.get("triggered_samples")),
                 "alpha": _num((r.get("defense") or {}).get("alpha")),
+                "target_found": _num((r.get("defense") or {}).get("target_correct")),
             }
         )
     return pd.DataFrame(
@@ -91,6 +92,7 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
             "clean_samples",
             "triggered_samples",
             "alpha",
+            "target_found",
         ],
     )
 
@@ -98,15 +100,14 @@ def records_frame(records: list[dict]) -> pd.DataFrame:
 def aggregate(df: pd.DataFrame) -> pd.DataFrame:
     """Mean (and std for CA/ASR/RA) over seeds per (model, dataset, setting, attack, defense)."""
     if df.empty:
-        return pd.DataFrame(columns=CSV_COLUMNS)
+        return pd.DataFrame(columns=[*CSV_COLUMNS, "alpha", "target_found"])
     g = df.groupby(KEYS, sort=True, dropna=False)
-    out = g[
-        ["ca", "asr", "ra", "ca_retention", "der", "control", "wall_s", "clean_samples", "triggered_samples"]
-    ].mean()
+    means = ["ca", "asr", "ra", "ca_retention", "der", "control", "wall_s", "clean_samples", "triggered_samples"]
+    out = g[[*means, "alpha", "target_found"]].mean()
     for col in ("ca", "asr", "ra"):
         out[f"{col}_std"] = g[col].std(ddof=0)
     out["n_seeds"] = g["seed"].nunique()
-    return out.reset_index()[CSV_COLUMNS]
+    return out.reset_index()[[*CSV_COLUMNS, "alpha", "target_found"]]
 
 
 def _pct(mean: float, std: float | None = None) -> str:
@@ -149,17 +150,18 @@ def summary_table(agg: pd.DataFrame) -> str:
         wall_s=("wall_s", "mean"),
         clean_samples=("clean_samples", "mean"),
         triggered_samples=("triggered_samples", "mean"),
+        target_found=("target_found", "mean"),
     )
     s = s.sort_values("der", ascending=False, na_position="last")
     lines = [
-        "| defense | cells | CA retention | ASR | DER | control acc | wall s | clean samples | triggered samples |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| defense | cells | CA retention | ASR | DER | control acc | wall s | clean samples | triggered samples | target found |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for d, r in s.iterrows():
         der = "n/a" if math.isnan(r.der) else f"{r.der:.3f}"
         lines.append(
             f"| {d} | {int(r.cells)} | {_pct(r.ca_retention)} | {_pct(r.asr)} | {der} | {_pct(r.control)} | "
-            f"{r.wall_s:.1f} | {r.clean_samples:.0f} | {r.triggered_samples:.0f} |"
+            f"{r.wall_s:.1f} | {r.clean_samples:.0f} | {r.triggered_samples:.0f} | {_pct(r.target_found)} |"
         )
     return "\n".join(lines)
 
@@ -187,6 +189,8 @@ def render_markdown(records: list[dict], suite: str) -> str:
         "",
         "Control acc: mean zero-shot accuracy on the suite's control datasets after the defense",
         "(n/a where the setting has no zero-shot head). Samples: unique defender samples consumed.",
+        "Target found: share of cells where trigger inversion named the attack's target (detectors",
+        "and tbar-inverted). The detectors `neural-cleanse` and `decree` return the model unchanged.",
     ]
     if failed:
         parts += ["", f"## Failed trials ({len(failed)})", ""]
@@ -199,5 +203,7 @@ def write(records: list[dict], suite: str, out_dir: Path) -> dict[str, Path]:
     md = out_dir / f"{suite}.md"
     csv = out_dir / f"{suite}.csv"
     atomic_write_bytes(md, render_markdown(records, suite).encode())
-    atomic_write_bytes(csv, aggregate(records_frame(records)).to_csv(index=False, float_format="%.4f").encode())
+    atomic_write_bytes(
+        csv, aggregate(records_frame(records))[CSV_COLUMNS].to_csv(index=False, float_format="%.4f").encode()
+    )
     return {"markdown": md, "csv": csv}
