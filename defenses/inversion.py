@@ -38,11 +38,6 @@ class InvertedTrigger:
         return (1 - self.mask) * x + self.mask * self.pattern
 
 
-def _apply(x: torch.Tensor, mask_logit: torch.Tensor, pattern_logit: torch.Tensor) -> torch.Tensor:
-    m = torch.sigmoid(mask_logit)
-    return (1 - m) * x + m * torch.sigmoid(pattern_logit)
-
-
 def mad_anomaly_index(norms: torch.Tensor) -> torch.Tensor:
     """Per-class anomaly index |l - median| / (1.4826 * MAD) of mask norms."""
     med = torch.quantile(norms, 0.5)  # the true median (torch.median takes the lower middle)
@@ -146,8 +141,13 @@ def decree(
     p: InversionParams,
     gen: torch.Generator,
     l1_weight: float,
+    sim_threshold: float = 0.9,
 ) -> InvertedTrigger:
-    """One mask/pattern making triggered embeddings collapse together (DECREE)."""
+    """One mask/pattern making triggered embeddings collapse together (DECREE).
+
+    The L1 weight follows DECREE's schedule: it grows while the triggered embeddings
+    are collapsed (mean pairwise cosine >= sim_threshold) and shrinks while they are
+    not; the smallest mask that reached the threshold is kept."""
     frozen = [(q, q.requires_grad) for q in params_of_model]
     for q, _ in frozen:
         q.requires_grad_(False)
@@ -155,35 +155,49 @@ def decree(
     mask_logit = torch.full((h, w), -2.0).requires_grad_(True)
     pattern_logit = torch.zeros(c, h, w).requires_grad_(True)
     opt = torch.optim.Adam([mask_logit, pattern_logit], lr=p.lr, betas=(0.5, 0.9))
+    cost, up, down = l1_weight, 0, 0
+    best: tuple[torch.Tensor, torch.Tensor, float] | None = None
     try:
         for _ in range(p.steps):
             idx = torch.randint(len(x), (p.batch_size,), generator=gen)
-            emb = F.normalize(encode(_apply(x[idx], mask_logit, pattern_logit)), dim=-1)
+            mask, pattern = torch.sigmoid(mask_logit), torch.sigmoid(pattern_logit)
+            emb = F.normalize(encode((1 - mask) * x[idx] + mask * pattern), dim=-1)
             sim = emb @ emb.T
             n = len(emb)
             mean_pairwise = (sim.sum() - sim.diagonal().sum()) / (n * (n - 1))
-            l1 = torch.sigmoid(mask_logit).mean()  # per-pixel share, so the weight is size-free
-            loss = -mean_pairwise + l1_weight * l1
+            l1 = mask.mean()  # per-pixel share, so the weight is size-free
+            loss = -mean_pairwise + cost * l1
+            collapsed = float(mean_pairwise.detach()) >= sim_threshold
+            if collapsed and (best is None or float(l1.detach()) < best[2]):
+                best = (mask.detach().clone(), pattern.detach().clone(), float(l1.detach()))
             opt.zero_grad()
             loss.backward()
             opt.step()
+            up, down = (up + 1, 0) if collapsed else (0, down + 1)
+            if up >= p.patience:
+                cost, up = cost * p.cost_multiplier, 0
+            elif down >= p.patience:
+                cost, down = cost / p.cost_multiplier**1.5, 0
     finally:
         for q, flag in frozen:
             q.requires_grad_(flag)
-    mask, pattern = torch.sigmoid(mask_logit).detach(), torch.sigmoid(pattern_logit).detach()
+    reached = best is not None
+    if best is None:  # never collapsed: the final mask stands, flagged in the info
+        best = (torch.sigmoid(mask_logit).detach(), torch.sigmoid(pattern_logit).detach(), float("nan"))
+    mask, pattern = best[0], best[1]
     with torch.no_grad():
-        emb = F.normalize(
-            torch.cat([encode((1 - mask) * x[i : i + 256] + mask * pattern) for i in range(0, len(x), 256)]), dim=-1
-        )
+        triggered = (1 - mask) * x + mask * pattern
+        emb = F.normalize(torch.cat([encode(triggered[i : i + 256]) for i in range(0, len(x), 256)]), dim=-1)
         sim = emb @ emb.T
         n = len(emb)
         pairwise = float((sim.sum() - sim.diagonal().sum()) / (n * (n - 1)))
-        votes = torch.bincount(predict(classify, (1 - mask) * x + mask * pattern))
+        votes = torch.bincount(predict(classify, triggered))
     target = int(votes.argmax())
     info = {
         "method": "decree",
         "mask_l1_share": float(mask.mean()),
         "mean_pairwise_cosine": pairwise,
+        "reached_threshold": reached,
         "target_vote_share": float(votes.max() / votes.sum()),
     }
     return InvertedTrigger(mask, pattern, target, info)

