@@ -20,7 +20,7 @@ from bench.models.clip import ZeroShotClassifier, normalize_images, tokenize, ze
 from bench.models.zoo import model_params
 from bench.registry import DATASETS, MODELS, SETTINGS
 from bench.splits import defender_split, subseed
-from bench.train import LossFn, TrainSpec, clip_contrastive_loss, cross_entropy_loss, index_batches
+from bench.train import LossFn, TrainSpec, clip_contrastive_loss, cross_entropy_loss, frozen, index_batches
 
 
 @dataclass(frozen=True)
@@ -160,14 +160,8 @@ class Setting(abc.ABC):
         clf = self.classifier(victim, model, overrides, dataset)
         if not isinstance(clf, ZeroShotClassifier):
             raise ValueError(f"setting {self.name!r} has no CLIP embeddings to optimise a trigger against")
-        flags = [(p, p.requires_grad) for p in victim.parameters()]
-        for p, _ in flags:  # gradients flow to the trigger only
-            p.requires_grad_(False)
-        try:
+        with frozen(victim.parameters()):  # gradients flow to the trigger only
             return attack.fit(clf.features, clf.head, clean.x, clean.labels)
-        finally:
-            for p, flag in flags:
-                p.requires_grad_(flag)
 
 
 @SETTINGS.register("finetune", "CLIP image encoder + frozen zero-shot head, fine-tuned with cross-entropy")

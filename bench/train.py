@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +67,20 @@ def index_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterat
         perm = torch.randperm(n, generator=generator)
         for i in range(0, n, batch_size):
             yield perm[i : i + batch_size]
+
+
+@contextmanager
+def frozen(params: Iterable[nn.Parameter]):
+    """Within the block, gradients flow to nothing in `params` (e.g. while optimising
+    a trigger or a mask against a fixed model); their flags are restored after."""
+    saved = [(p, p.requires_grad) for p in params]
+    for p, _ in saved:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in saved:
+            p.requires_grad_(flag)
 
 
 def set_norm_eval(model: nn.Module) -> None:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from bench.metrics import accuracy, predict
 from bench.registry import DEFENSES
+from bench.train import frozen
 from defenses.base import DataMeter, Defense, DefenseContext, DefenseOutput
 from defenses.units import UnitMask, channel_view, unit_activations, unit_layer
 
@@ -117,17 +118,11 @@ class Anp(Defense):
         layer = unit_layer(model)
         clf = ctx.classify(model)
         n = len(unit_activations(clf, layer, clean.x[:2]))
-        frozen = [(q, q.requires_grad) for q in model.parameters()]
-        for q, _ in frozen:  # only the masks are optimised
-            q.requires_grad_(False)
         model.eval()
         meter = DataMeter()
         ctx.progress(f"anp: learning {n} unit masks")
-        try:
+        with frozen(model.parameters()):  # only the masks are optimised
             masks = learn_masks(clf, layer, n, clean.x, clean.labels, p, ctx.generator(), meter)
-        finally:
-            for q, flag in frozen:
-                q.requires_grad_(flag)
         keep = UnitMask(layer, n)  # installed on the defended model
         keep.mask = (masks >= p.threshold).float()
         pruned = int((keep.mask == 0).sum())

@@ -9,6 +9,7 @@ the poisoned train set or any test data: the engine evaluates on test afterwards
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,6 +119,17 @@ class DefenseContext:
             )
         idx = torch.arange(n)
         return self.clean_pool.subset(idx), idx
+
+
+def budgeted_pool(ctx: DefenseContext, budget_x: float, tbar_fraction: float) -> tuple[Split, dict]:
+    """The clean data of a fine-tuning defense: budget_x times TBAR's set size
+    (round(tbar_fraction * |train|)) unique samples, capped by the defender's pool.
+    Returns the subset and what to record about the budget."""
+    unit = round(tbar_fraction * ctx.train_size)
+    requested = math.ceil(budget_x * unit)
+    n = min(requested, len(ctx.clean_pool))
+    info = {"budget_requested": requested, "budget_used": n, "budget_x_effective": n / unit if unit else None}
+    return ctx.clean_pool.subset(torch.arange(n)), info
 
 
 @dataclass

@@ -29,7 +29,7 @@ from bench.models.clip import normalize_images, tokenize
 from bench.registry import DEFENSES
 from bench.settings import pretrained_clip
 from bench.train import TrainSpec, clip_contrastive_loss, index_batches, train
-from defenses.base import DataMeter, Defense, DefenseContext, DefenseOutput
+from defenses.base import DataMeter, Defense, DefenseContext, DefenseOutput, budgeted_pool
 from defenses.eda import eda
 
 
@@ -89,10 +89,8 @@ class CleanClip(Defense):
                 q.requires_grad_(False)
             for q in clip.visual.parameters():
                 q.requires_grad_(True)
-        unit = round(p.tbar_fraction * ctx.train_size)
-        requested = math.ceil(p.budget_x * unit)
-        n = min(requested, len(ctx.clean_pool))
-        pool = ctx.clean_pool.subset(torch.arange(n))
+        pool, extra = budgeted_pool(ctx, p.budget_x, p.tbar_fraction)
+        n = len(pool)
         ds = ctx.dataset
         rng = np.random.default_rng(ctx.seed)
         captions = [ds.templates[rng.integers(len(ds.templates))].format(ds.classnames[int(y)]) for y in pool.labels]
@@ -136,5 +134,4 @@ class CleanClip(Defense):
         )
         ctx.progress(f"cleanclip: {steps} steps on {n} clean pairs")
         train(clip, loss_fn, batches(), spec, params=decay_groups(clip, p.weight_decay))
-        extra = {"budget_requested": requested, "budget_used": n, "budget_x_effective": n / unit if unit else None}
         return DefenseOutput(victim, meter, extra=extra)

@@ -17,7 +17,7 @@ import torch
 
 from bench.registry import DEFENSES
 from bench.train import TrainSpec, train
-from defenses.base import DataMeter, Defense, DefenseContext, DefenseOutput, TrainingSet
+from defenses.base import DataMeter, Defense, DefenseContext, DefenseOutput, TrainingSet, budgeted_pool
 
 
 @dataclass(frozen=True)
@@ -40,10 +40,8 @@ class CleanFinetune(Defense):
 
     def run(self, ctx: DefenseContext) -> DefenseOutput:
         p: FinetuneParams = self.params
-        unit = round(p.tbar_fraction * ctx.train_size)
-        requested = math.ceil(p.budget_x * unit)
-        n = min(requested, len(ctx.clean_pool))
-        pool = ctx.clean_pool.subset(torch.arange(n))
+        pool, extra = budgeted_pool(ctx, p.budget_x, p.tbar_fraction)
+        n = len(pool)
         targets = ctx.setting.encode_labels(pool.labels, ctx.dataset, ctx.seed, ctx.model)
         data = TrainingSet(pool.x, targets, torch.arange(n), torch.zeros(n, dtype=torch.bool))
         steps = max(1, math.ceil(p.epochs * n / p.batch_size))
@@ -52,5 +50,4 @@ class CleanFinetune(Defense):
         torch.manual_seed(ctx.seed)
         spec = TrainSpec(steps=steps, lr=p.lr, batch_size=p.batch_size, weight_decay=p.weight_decay)
         train(ctx.model, ctx.setting.loss, data.stream(p.batch_size, ctx.generator(), meter), spec)
-        extra = {"budget_requested": requested, "budget_used": n, "budget_x_effective": n / unit if unit else None}
         return DefenseOutput(model=ctx.model, meter=meter, extra=extra)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.metrics import predict
+from bench.train import frozen
 
 
 @dataclass
@@ -104,24 +105,18 @@ def neural_cleanse_class(
 def neural_cleanse(
     model, x: torch.Tensor, num_classes: int, p: InversionParams, gen: torch.Generator, progress=lambda m: None
 ) -> InvertedTrigger:
-    frozen = [(q, q.requires_grad) for q in model.parameters()]
-    for q, _ in frozen:
-        q.requires_grad_(False)
     model.eval()
-    try:
-        results = []
+    results = []
+    with frozen(model.parameters()):
         for c in range(num_classes):
             progress(f"neural-cleanse: class {c + 1}/{num_classes}")
             results.append(neural_cleanse_class(model, x, c, p, gen))
-    finally:
-        for q, flag in frozen:
-            q.requires_grad_(flag)
     norms = torch.tensor([float(m.sum()) for m, _, _ in results])
     reached = [rate >= p.success_threshold * 0.9 for _, _, rate in results]
     index = mad_anomaly_index(norms)
     target = int(torch.argmin(norms))
     mask, pattern, rate = results[target]
-    detected = bool(norms[target] < norms.median() and index[target] > p.anomaly_threshold)
+    detected = bool(norms[target] < torch.quantile(norms, 0.5) and index[target] > p.anomaly_threshold)
     info = {
         "method": "neural-cleanse",
         "mask_l1": norms.tolist(),
@@ -148,16 +143,13 @@ def decree(
     The L1 weight follows DECREE's schedule: it grows while the triggered embeddings
     are collapsed (mean pairwise cosine >= sim_threshold) and shrinks while they are
     not; the smallest mask that reached the threshold is kept."""
-    frozen = [(q, q.requires_grad) for q in params_of_model]
-    for q, _ in frozen:
-        q.requires_grad_(False)
     _, c, h, w = x.shape
     mask_logit = torch.full((h, w), -2.0).requires_grad_(True)
     pattern_logit = torch.zeros(c, h, w).requires_grad_(True)
     opt = torch.optim.Adam([mask_logit, pattern_logit], lr=p.lr, betas=(0.5, 0.9))
     cost, up, down = l1_weight, 0, 0
     best: tuple[torch.Tensor, torch.Tensor, float] | None = None
-    try:
+    with frozen(params_of_model):
         for _ in range(p.steps):
             idx = torch.randint(len(x), (p.batch_size,), generator=gen)
             mask, pattern = torch.sigmoid(mask_logit), torch.sigmoid(pattern_logit)
@@ -178,9 +170,6 @@ def decree(
                 cost, up = cost * p.cost_multiplier, 0
             elif down >= p.patience:
                 cost, down = cost / p.cost_multiplier**1.5, 0
-    finally:
-        for q, flag in frozen:
-            q.requires_grad_(flag)
     reached = best is not None
     if best is None:  # never collapsed: the final mask stands, flagged in the info
         best = (torch.sigmoid(mask_logit).detach(), torch.sigmoid(pattern_logit).detach(), float("nan"))
