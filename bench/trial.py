@@ -4,6 +4,7 @@ dict and a store, so the serial executor and Ray run exactly the same code."""
 
 from __future__ import annotations
 
+import functools
 import platform
 import socket
 import subprocess
@@ -141,7 +142,9 @@ def run_attack(acfg: dict, store: Store, progress: Progress = lambda m: None) ->
 # ---------------------------------------------------------------- stage 2
 
 
+@functools.lru_cache(maxsize=1)
 def _versions() -> dict[str, str]:
+    # Computed once per process: it runs git and reads package metadata.
     import importlib.metadata as md
 
     out = {"python": platform.python_version(), "torch": torch.__version__}
@@ -184,7 +187,7 @@ def base_record(tcfg: dict) -> dict:
         "trial_id": trial_id(tcfg),
         "artifact_id": artifact_id(tcfg["artifact"]),
         "config": _record_config(tcfg),
-        "versions": _versions(),
+        "versions": dict(_versions()),
         "host": socket.gethostname(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -117,7 +117,7 @@ class Anp(Defense):
         clean, _ = ctx.clean_subset(p.data_fraction)
         layer = unit_layer(model)
         clf = ctx.classify(model)
-        n = len(unit_activations(clf, layer, clean.x[:2]))
+        n = len(unit_activations(clf, layer, clean.x[:2]))  # one pass on two images counts the units
         model.eval()
         meter = DataMeter()
         ctx.progress(f"anp: learning {n} unit masks")
