@@ -13,12 +13,13 @@ from rich.table import Table
 
 from bench.config import ConfigError, load_suite, suite_names
 from bench.registry import UnknownNameError
+from bench.store import StorageError
 
 console = Console(stderr=True, soft_wrap=True)
 out = Console()
 
 
-def _load_plugins() -> None:
+def load_plugins() -> None:
     # Importing these packages registers the built-in methods, data and models.
     import attacks  # noqa: F401
     import bench.data.builtin
@@ -57,8 +58,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bench import leaderboard
-    from bench.grid import Selection, plan_grid, run_serial
+    from bench.grid import Events, Selection, plan_grid, run_serial
     from bench.store import Store
+    from bench.trial import trial_id
 
     suite = load_suite(args.suite)
     sel = Selection(args.attacks, args.defenses, args.models, args.datasets, args.settings, args.seeds)
@@ -72,10 +74,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not plan.trials:
         console.print("[red]nothing to run[/]: every requested cell was skipped")
         return 1
-    _threads()
     store = Store(args.results)
+    ray_opts = None
+    if args.executor == "ray":
+        from bench.ray_grid import RayOptions
+
+        ray_opts = RayOptions(args.cpus_per_trial, args.gpus_per_trial, args.max_concurrent, args.address)
+        ray_opts.check()
+    else:
+        _threads()
     console.print(
-        f"suite [bold]{suite.name}[/]: {len(plan.artifacts)} attack artifacts, {len(plan.trials)} trials -> {store.root}"
+        f"suite [bold]{suite.name}[/]: {len(plan.artifacts)} attack artifacts, {len(plan.trials)} trials "
+        f"-> {store.root} ({args.executor} executor)"
     )
     with Progress(
         TextColumn("[bold]{task.fields[label]}"),
@@ -95,22 +105,30 @@ def cmd_run(args: argparse.Namespace) -> int:
             c = record["config"]
             tag = "reused" if reused else record["status"]
             bar.console.print(
-                f"  {tag:>6}  {c['model']}/{c['dataset']}/{c['setting']}/{c['attack']}/{c['defense']}/seed{c['seed']}"
+                f"  {tag:>6}  {c['model']}/{c['dataset']}/{c['setting']}/{c['attack']}/{c['defense']}/seed{c['seed']}",
+                highlight=False,
             )
             bar.advance(task)
 
-        summary = run_serial(plan, store, start, end, progress=lambda m: bar.update(task, status=m))
-    console.print(
-        f"{summary.computed} computed, {summary.reused} reused, {len(summary.failed)} failed in {summary.wall_s:.1f} s"
-    )
-    from bench.trial import trial_id
+        if ray_opts is None:
+            summary = run_serial(plan, store, start, end, progress=lambda m: bar.update(task, status=m))
+        else:
+            from bench.ray_grid import run_ray
 
+            summary = run_ray(plan, store, ray_opts, Events(start, end))
+    for path, reason in summary.corrupt:
+        console.print(f"[yellow]recomputed[/] {path}: {reason}", highlight=False)
+    console.print(
+        f"{summary.computed} computed, {summary.reused} reused, {len(summary.failed)} failed in "
+        f"{summary.wall_s:.1f} s ({summary.executor}, {summary.workers} worker(s), "
+        f"harness overhead {100 * summary.overhead_share:.0f}% of worker time)"
+    )
     records = leaderboard.select_records(store.records(), suite.name, {trial_id(t) for t in plan.trials})
-    paths = leaderboard.write(records, suite.name, Path(args.leaderboards))
+    paths = leaderboard.write(records, suite.name, Path(args.leaderboards), store)
     sys.stdout.write(Path(paths["markdown"]).read_text())
-    console.print(f"leaderboard: {paths['markdown']}, {paths['csv']}")
+    console.print("leaderboard: " + ", ".join(str(p) for p in paths.values()))
     for label, err in summary.failed:
-        console.print(f"[red]failed[/] {label}: {err}")
+        console.print(f"[red]failed[/] {label}: {err}", highlight=False)
     return 1 if summary.failed else 0
 
 
@@ -118,13 +136,52 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     from bench import leaderboard
     from bench.store import Store
 
+    if args.check:
+        return _check_leaderboard(args)
     store = Store(args.results)
     records = leaderboard.select_records(store.records(), args.suite)
     if not records:
         console.print(f"[red]no records[/] for suite {args.suite!r} under {store.root}")
         return 1
-    paths = leaderboard.write(records, args.suite, Path(args.leaderboards))
+    paths = leaderboard.write(records, args.suite, Path(args.leaderboards), store)
     sys.stdout.write(Path(paths["markdown"]).read_text())
+    console.print("leaderboard: " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _check_leaderboard(args: argparse.Namespace) -> int:
+    """Rerun the suite from scratch in a temporary storage root and compare its table with
+    the committed `<leaderboards>/<suite>.csv`. Nothing under --leaderboards is written."""
+    import io
+    import tempfile
+
+    import pandas as pd
+
+    from bench import leaderboard
+
+    suite = load_suite(args.suite)
+    committed_path = Path(args.leaderboards) / f"{suite.name}.csv"
+    if not committed_path.exists():
+        console.print(f"bench: error: {committed_path} does not exist; generate it with bench run --suite {suite.name}")
+        return 2
+    with tempfile.TemporaryDirectory(prefix="bench-check-") as tmp:
+        run_args = build_parser().parse_args(
+            ["run", "--suite", args.suite, "--results", str(Path(tmp) / "results"),
+             "--leaderboards", str(Path(tmp) / "leaderboards"), "--executor", args.executor]
+        )  # fmt: skip
+        rc = cmd_run(run_args)
+        if rc != 0:
+            console.print(f"[red]check failed[/]: the rerun of suite {suite.name!r} exited with {rc}")
+            return 1
+        fresh = (Path(tmp) / "leaderboards" / f"{suite.name}.csv").read_text()
+    problems = leaderboard.compare(pd.read_csv(committed_path), pd.read_csv(io.StringIO(fresh)), args.tolerance)
+    if problems:
+        console.print(f"[red]check failed[/]: {committed_path} differs from a fresh run of suite {suite.name!r}:")
+        for line in problems:
+            console.print(f"  {line}", highlight=False)
+        console.print(f"regenerate it with: bench run --suite {suite.name}")
+        return 1
+    console.print(f"[green]check passed[/]: {committed_path} matches a fresh run (tolerance {args.tolerance})")
     return 0
 
 
@@ -164,7 +221,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--datasets", help="comma list or 'all'")
     r.add_argument("--settings", help="comma list or 'all'")
     r.add_argument("--seeds", help="comma list of integers")
-    r.add_argument("--results", default="results", help="storage root for artifacts and records (default: ./results)")
+    r.add_argument(
+        "--results",
+        default="results",
+        help="storage root for artifacts and records: a folder (shared by all nodes on a cluster) "
+        "or a file:// URI (default: ./results)",
+    )
+    r.add_argument(
+        "--executor", choices=["ray", "serial"], default="ray", help="ray (default): Ray Tune; serial: in-process"
+    )
+    r.add_argument("--cpus-per-trial", type=float, default=1.0, help="Ray: CPUs per trial; torch threads follow")
+    r.add_argument("--gpus-per-trial", type=float, default=0.0, help="Ray: GPUs per trial (fractions allowed)")
+    r.add_argument("--max-concurrent", type=int, default=None, help="Ray: at most this many trials at once")
+    r.add_argument("--address", default=None, help="Ray: join this cluster (e.g. auto); RAY_ADDRESS is honoured")
     r.add_argument(
         "--leaderboards", default="leaderboards", help="where leaderboard files go (default: ./leaderboards)"
     )
@@ -178,6 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--suite", default="micro")
     lb.add_argument("--results", default="results")
     lb.add_argument("--leaderboards", default="leaderboards")
+    lb.add_argument(
+        "--check",
+        action="store_true",
+        help="rerun the suite from scratch and compare with the committed <leaderboards>/<suite>.csv",
+    )
+    lb.add_argument("--tolerance", type=float, default=0.02, help="--check: allowed absolute difference of accuracies")
+    lb.add_argument("--executor", choices=["ray", "serial"], default="ray", help="--check: executor for the rerun")
     lb.set_defaults(func=cmd_leaderboard)
 
     pt = sub.add_parser("pretrain", help="(re)produce the tiny-clip checkpoint")
@@ -194,10 +270,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.pretrain import PretrainConfig
 
         args.steps = PretrainConfig.steps
-    _load_plugins()
+    load_plugins()
     try:
         return args.func(args)
-    except (UnknownNameError, ConfigError) as e:
+    except (UnknownNameError, ConfigError, StorageError) as e:
         console.print(f"bench: error: {e}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:

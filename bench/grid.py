@@ -8,13 +8,14 @@ changed default changes the trial id and never silently reuses an old result.
 from __future__ import annotations
 
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bench.config import SuiteConfig, from_dict, to_dict
 from bench.registry import ATTACKS, DATASETS, DEFENSES, MODELS, SETTINGS
 from bench.store import Store
-from bench.trial import artifact_id, check_cell, run_attack, run_defense, trial_id
+from bench.trial import artifact_id, check_cell, failed_record, run_attack, run_defense_counted, trial_id
 
 
 @dataclass
@@ -110,17 +111,89 @@ def plan_grid(suite: SuiteConfig, sel: Selection) -> Plan:
 
 
 @dataclass
+class Work:
+    """What a run must do once the store has been read: reused records, corrupt files
+    to recompute, and the missing trials grouped under the artifact they need."""
+
+    reused: list[dict] = field(default_factory=list)
+    corrupt: list[tuple[str, str]] = field(default_factory=list)  # (record path, reason)
+    artifacts: dict[str, dict] = field(default_factory=dict)  # artifact id -> stage-1 config
+    built: set[str] = field(default_factory=set)  # artifact ids already in the store
+    trials: dict[str, list[dict]] = field(default_factory=dict)  # artifact id -> missing trials
+
+    @property
+    def n_trials(self) -> int:
+        return sum(len(t) for t in self.trials.values())
+
+
+def prepare_work(plan: Plan, store: Store) -> Work:
+    work = Work()
+    for tcfg in plan.trials:
+        tid = trial_id(tcfg)
+        st = store.record_state(tid)
+        if st.state == "ok":
+            work.reused.append(st.record)
+            continue
+        if st.state == "corrupt":
+            work.corrupt.append((str(store.record_path(tid)), st.reason))
+        aid = artifact_id(tcfg["artifact"])
+        work.artifacts.setdefault(aid, tcfg["artifact"])
+        work.trials.setdefault(aid, []).append(tcfg)
+    work.built = {aid for aid in work.artifacts if store.artifact_done(aid)}
+    return work
+
+
+@dataclass
+class Events:
+    """How an executor reports: a unit starting, a record landing, a progress line."""
+
+    on_start: Callable[[str], None] = lambda label: None
+    on_record: Callable[[dict, bool], None] = lambda record, reused: None
+    progress: Callable[[str], None] = lambda msg: None
+
+
+@dataclass
 class RunSummary:
     computed: int = 0
     reused: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
+    corrupt: list[tuple[str, str]] = field(default_factory=list)
     wall_s: float = 0.0
+    compute_s: float = 0.0  # summed wall time inside units (stage 1 and stage 2)
+    workers: int = 1
+    executor: str = "serial"
     records: list[dict] = field(default_factory=list)
+
+    def land(self, record: dict, computed: bool, events: Events) -> None:
+        self.records.append(record)
+        if computed:
+            self.computed += 1
+        else:
+            self.reused += 1
+        if record["status"] != "ok":
+            self.failed.append((trial_label_of(record), record.get("error", "")))
+        events.on_record(record, not computed)
+
+    @property
+    def overhead_share(self) -> float:
+        """Share of the workers' wall time not spent inside units: start-up, scheduling,
+        reading the store, idle workers at the end of the grid."""
+        capacity = self.wall_s * self.workers
+        return max(0.0, 1.0 - self.compute_s / capacity) if capacity > 0 else 0.0
 
 
 def trial_label(tcfg: dict) -> str:
     a = tcfg["artifact"]
     return f"{a['model']}/{a['dataset']}/{a['setting']}/{a['attack']}/{tcfg['defense']}/seed{a['seed']}"
+
+
+def trial_label_of(record: dict) -> str:
+    c = record["config"]
+    return f"{c['model']}/{c['dataset']}/{c['setting']}/{c['attack']}/{c['defense']}/seed{c['seed']}"
+
+
+def artifact_label(acfg: dict) -> str:
+    return f"{acfg['model']}/{acfg['dataset']}/{acfg['setting']}/{acfg['attack']}/seed{acfg['seed']}"
 
 
 def run_serial(
@@ -130,29 +203,63 @@ def run_serial(
     on_trial_end: Callable[[dict, bool], None] = lambda rec, reused: None,
     progress: Callable[[str], None] = lambda msg: None,
 ) -> RunSummary:
-    """Run stage 1 for each missing artifact, then stage 2 for each missing record,
-    in this process. An artifact is built just before the first trial that needs it."""
+    """Everything in this process, one unit at a time: for debugging, and the reference
+    the Ray executor is compared with. Each artifact is built just before its trials."""
+    events = Events(on_trial_start, on_trial_end, progress)
     start = time.perf_counter()
-    summary = RunSummary()
-    for tcfg in plan.trials:
-        label = trial_label(tcfg)
-        existing = store.read_record(trial_id(tcfg))
-        if existing is not None and existing["status"] == "ok":
-            summary.reused += 1
-            summary.records.append(existing)
-            on_trial_end(existing, True)
-            continue
-        on_trial_start(label)
-        if not store.artifact_done(artifact_id(tcfg["artifact"])):
-            try:
-                run_attack(tcfg["artifact"], store, progress)
-            except Exception:
-                pass  # run_defense retries stage 1 and records the failure with its traceback
-        record = run_defense(tcfg, store, progress)
-        summary.computed += 1
-        summary.records.append(record)
-        if record["status"] != "ok":
-            summary.failed.append((label, record.get("error", "")))
-        on_trial_end(record, False)
+    work = prepare_work(plan, store)
+    summary = RunSummary(corrupt=work.corrupt)
+    for rec in work.reused:
+        summary.land(rec, False, events)
+    for aid, tcfgs in work.trials.items():
+        if aid not in work.built:
+            events.on_start(f"attack {artifact_label(work.artifacts[aid])}")
+            result = attack_unit(work.artifacts[aid], store, events.progress)
+            summary.compute_s += result["compute_s"]
+            if not result["ok"]:
+                for tcfg in tcfgs:
+                    summary.land(dependent_failure(tcfg, result, store), True, events)
+                continue
+        for tcfg in tcfgs:
+            events.on_start(trial_label(tcfg))
+            result = defense_unit(tcfg, store, events.progress)
+            summary.compute_s += result["compute_s"]
+            summary.land(result["record"], result["computed"], events)
     summary.wall_s = time.perf_counter() - start
     return summary
+
+
+# ---------------------------------------------------------------- units
+# The two kinds of work, as functions of plain data: the serial executor calls them
+# in-process, the Ray executor inside its trials. Neither raises for a method's error.
+
+
+def attack_unit(acfg: dict, store: Store, progress: Callable[[str], None] = lambda m: None) -> dict:
+    start = time.perf_counter()
+    try:
+        run_attack(acfg, store, progress)
+        return {"ok": True, "compute_s": time.perf_counter() - start}
+    except Exception as e:
+        return {
+            "ok": False,
+            "error": f"{type(e).__name__}: {e}",
+            "traceback": traceback.format_exc(limit=20),
+            "compute_s": time.perf_counter() - start,
+        }
+
+
+def dependent_failure(tcfg: dict, attack_result: dict, store: Store) -> dict:
+    """The record of a trial whose attack artifact could not be built."""
+    record = failed_record(
+        tcfg, f"stage 1 (attack artifact) failed: {attack_result['error']}", attack_result.get("traceback", "")
+    )
+    store.write_record(record)
+    return record
+
+
+def defense_unit(
+    tcfg: dict, store: Store, progress: Callable[[str], None] = lambda m: None, worker: dict | None = None
+) -> dict:
+    start = time.perf_counter()
+    record, computed = run_defense_counted(tcfg, store, progress, worker)
+    return {"record": record, "computed": computed, "compute_s": time.perf_counter() - start}

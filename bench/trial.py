@@ -84,9 +84,15 @@ def check_cell(acfg: dict) -> str | None:
 def run_attack(acfg: dict, store: Store, progress: Progress = lambda m: None) -> dict:
     """Implant the backdoor (or, for attack `none`, train cleanly) and save the artifact."""
     aid = artifact_id(acfg)
+    with store.claim(aid):  # another process building the same artifact: wait, then reuse it
+        if store.artifact_done(aid):
+            return read_json(store.artifact_dir(aid) / "model.json")
+        return _attack(acfg, store, progress)
+
+
+def _attack(acfg: dict, store: Store, progress: Progress) -> dict:
+    aid = artifact_id(acfg)
     folder = store.artifact_dir(aid)
-    if store.artifact_done(aid):
-        return read_json(folder / "model.json")
     start = time.perf_counter()
     ds = load_dataset(acfg["dataset"])
     setting = SETTINGS.get(acfg["setting"])()
@@ -181,7 +187,7 @@ def _record_config(tcfg: dict) -> dict:
     }
 
 
-def base_record(tcfg: dict) -> dict:
+def base_record(tcfg: dict, worker: dict | None = None) -> dict:
     return {
         "schema": SCHEMA,
         "trial_id": trial_id(tcfg),
@@ -189,26 +195,43 @@ def base_record(tcfg: dict) -> dict:
         "config": _record_config(tcfg),
         "versions": dict(_versions()),
         "host": socket.gethostname(),
+        "worker": worker or {"executor": "serial"},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
 
-def run_defense(tcfg: dict, store: Store, progress: Progress = lambda m: None) -> dict:
-    """Run one defense on a stored artifact, evaluate on test, write the record."""
+def failed_record(tcfg: dict, error: str, tb: str = "", worker: dict | None = None) -> dict:
+    return {**base_record(tcfg, worker), "status": "failed", "error": error, "traceback": tb}
+
+
+def run_defense(tcfg: dict, store: Store, progress: Progress = lambda m: None, worker: dict | None = None) -> dict:
+    """Run one defense on a stored artifact, evaluate on test, write the record.
+
+    The trial is claimed first, so two processes sharing a storage root never compute
+    (or write) the same record at once; the second one finds the record and returns it.
+    """
+    return run_defense_counted(tcfg, store, progress, worker)[0]
+
+
+def run_defense_counted(
+    tcfg: dict, store: Store, progress: Progress = lambda m: None, worker: dict | None = None
+) -> tuple[dict, bool]:
+    """`run_defense`, also saying whether this call computed the record (False: reused)."""
     tid = trial_id(tcfg)
-    existing = store.read_record(tid)
-    if existing is not None and existing["status"] == "ok":
-        return existing
-    record = base_record(tcfg)
-    try:
-        record.update(_defend(tcfg, store, progress))
-        record["status"] = "ok"
-    except Exception as e:  # a failed trial is a record, not a crashed grid
-        record["status"] = "failed"
-        record["error"] = f"{type(e).__name__}: {e}"
-        record["traceback"] = traceback.format_exc(limit=20)
-    store.write_record(record)
-    return record
+    with store.claim(tid):
+        existing = store.read_record(tid)
+        if existing is not None and existing["status"] == "ok":
+            return existing, False
+        record = base_record(tcfg, worker)
+        try:
+            record.update(_defend(tcfg, store, progress))
+            record["status"] = "ok"
+        except Exception as e:  # a failed trial is a record, not a crashed grid
+            record["status"] = "failed"
+            record["error"] = f"{type(e).__name__}: {e}"
+            record["traceback"] = traceback.format_exc(limit=20)
+        store.write_record(record)
+        return record, True
 
 
 def _defend(tcfg: dict, store: Store, progress: Progress) -> dict:

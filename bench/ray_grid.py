@@ -1,0 +1,296 @@
+"""The Ray Tune executor: the grid as Tune trials on one machine or a Ray cluster.
+
+Stage 1 (one Tune trial per missing attack artifact) and stage 2 (one Tune trial per
+missing (artifact, defense) record) run in one Tuner. The dependency between them is
+kept by a Searcher that hands out stage-2 configs only once their artifact's stage-1
+trial has completed, so a defense starts as soon as its own artifact exists instead of
+waiting for the whole of stage 1.
+
+Trials exchange nothing with the driver but small dicts: artifacts and records go to
+the storage root, which every node must reach (a local folder on one machine, a shared
+mount on a cluster), and the driver reads the records from there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from bench.config import ConfigError
+from bench.grid import (
+    Events,
+    Plan,
+    RunSummary,
+    artifact_label,
+    attack_unit,
+    defense_unit,
+    dependent_failure,
+    prepare_work,
+    trial_label,
+)
+from bench.store import Store
+from bench.trial import failed_record, trial_id
+
+
+@dataclass
+class RayOptions:
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent: int | None = None  # None: as many as the cluster's CPUs allow
+    address: str | None = None  # None: RAY_ADDRESS if set, else a local Ray started here
+    num_cpus: int | None = None  # CPUs for a local Ray (None: all of this machine's)
+
+    def check(self) -> None:
+        if self.cpus_per_trial <= 0:
+            raise ConfigError(f"--cpus-per-trial must be > 0, got {self.cpus_per_trial}")
+        if self.gpus_per_trial < 0:
+            raise ConfigError(f"--gpus-per-trial must be >= 0, got {self.gpus_per_trial}")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise ConfigError(f"--max-concurrent must be >= 1, got {self.max_concurrent}")
+
+    @property
+    def threads(self) -> int:
+        # Torch threads follow the trial's CPUs: more would oversubscribe the cores that
+        # the other concurrent trials were promised.
+        return max(1, int(self.cpus_per_trial))
+
+
+def _unit_trainable(config: dict) -> dict:
+    """One Tune trial = one unit of grid work. Runs on a Ray worker."""
+    import ray
+    import torch
+
+    torch.set_num_threads(config["threads"])
+    from bench.cli import load_plugins
+
+    load_plugins()
+    store = Store(config["root"])
+    unit = config["unit"]
+    ctx = ray.get_runtime_context()
+    worker = {
+        "executor": "ray",
+        "node_id": ctx.get_node_id(),
+        "threads": config["threads"],
+        "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+    }
+    if unit["stage"] == 1:
+        result = attack_unit(unit["acfg"], store)
+        return {
+            "stage": 1,
+            "ok": result["ok"],
+            "error": result.get("error", ""),
+            "traceback": result.get("traceback", ""),
+            "compute_s": result["compute_s"],
+        }
+    result = defense_unit(unit["tcfg"], store, worker=worker)
+    return {
+        "stage": 2,
+        "trial_id": result["record"]["trial_id"],
+        "computed": result["computed"],
+        "compute_s": result["compute_s"],
+    }
+
+
+def _searcher_class():
+    from ray.tune.search import Searcher
+
+    class GridSearcher(Searcher):
+        """Hands out units in dependency order; stage-2 units jump the queue so
+        finished results appear early."""
+
+        def __init__(self, ready: list[dict], waiting: dict[str, list[dict]], base: dict):
+            super().__init__()
+            self.queue: deque[dict] = deque(ready)
+            self.waiting = waiting  # artifact id -> stage-2 units that need it
+            self.base = base
+            self.live: dict[str, dict] = {}
+            self.finished_units: list[tuple[dict, dict | None]] = []
+
+        def suggest(self, trial_id: str) -> dict | None:
+            if self.queue:
+                unit = self.queue.popleft()
+                self.live[trial_id] = unit
+                return {**self.base, "unit": unit}
+            if not self.live and not self.waiting:
+                return Searcher.FINISHED
+            return None  # nothing ready yet: a stage-1 trial is still running
+
+        # Tune checkpoints its searcher; ours is rebuilt from the store on every run
+        # (that is what makes reruns resume), so its state need not survive.
+        def save(self, checkpoint_path: str) -> None:
+            pass
+
+        def restore(self, checkpoint_path: str) -> None:
+            pass
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            unit = self.live.pop(trial_id, None)
+            if unit is None:
+                return
+            self.finished_units.append((unit, None if error else result))
+            if unit["stage"] == 1:
+                deps = self.waiting.pop(unit["aid"], [])
+                if not error and result and result.get("ok"):
+                    self.queue.extendleft(reversed(deps))
+
+    return GridSearcher
+
+
+@dataclass
+class _Sink:
+    on_start: object
+    on_land: object
+
+
+# Tune pickles its callbacks with the experiment state; they reach the driver's live
+# objects (progress display, summary) through this table instead of holding them.
+_SINKS: dict[int, _Sink] = {}
+
+
+def _register(sink: _Sink) -> int:
+    _SINKS[id(sink)] = sink
+    return id(sink)
+
+
+def _sink(key: int) -> _Sink:
+    # A module-level function: a pickled callback refers to it by name, so the table
+    # (and the live objects in it) never travels with the pickle.
+    return _SINKS[key]
+
+
+def _report_callback(key: int):
+    from ray.tune import Callback
+
+    class Report(Callback):
+        def __init__(self, key: int):
+            self.key = key
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            _sink(self.key).on_start(trial.config["unit"]["label"])
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            _sink(self.key).on_land(trial.config["unit"], trial.last_result or {}, None)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            _sink(self.key).on_land(trial.config["unit"], {}, str(trial.error_file or "the Ray trial died"))
+
+    return Report(key)
+
+
+def _init_ray(opts: RayOptions) -> bool:
+    """Connect to (or start) Ray; True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = opts.address or os.environ.get("RAY_ADDRESS")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Tune's own console reporter would print over our progress display; the legacy
+    # engine at verbose=0 prints nothing.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=opts.num_cpus or os.cpu_count(), **kwargs)
+    return True
+
+
+def run_ray(plan: Plan, store: Store, opts: RayOptions, events: Events = Events()) -> RunSummary:
+    import ray
+    from ray import tune
+
+    opts.check()
+    start = time.perf_counter()
+    work = prepare_work(plan, store)
+    summary = RunSummary(corrupt=work.corrupt, executor="ray")
+    for rec in work.reused:
+        summary.land(rec, False, events)
+    if not work.trials:
+        summary.wall_s = time.perf_counter() - start
+        return summary
+
+    started = _init_ray(opts)
+    local, storage = True, ""
+    try:
+        cluster_cpus = ray.cluster_resources().get("CPU", 1.0)
+        slots = max(1, int(cluster_cpus // opts.cpus_per_trial))
+        concurrent = min(opts.max_concurrent or slots, slots)
+        summary.workers = concurrent
+
+        ready: list[dict] = []
+        waiting: dict[str, list[dict]] = {}
+        for aid, tcfgs in work.trials.items():
+            units = [{"stage": 2, "aid": aid, "tcfg": t, "label": trial_label(t)} for t in tcfgs]
+            if aid in work.built:
+                ready.extend(units)
+            else:
+                ready.append(
+                    {
+                        "stage": 1,
+                        "aid": aid,
+                        "acfg": work.artifacts[aid],
+                        "label": f"attack {artifact_label(work.artifacts[aid])}",
+                    }
+                )
+                waiting[aid] = units
+        base = {"root": str(store.root.resolve()), "threads": opts.threads}
+        searcher = _searcher_class()(ready, waiting, base)
+
+        def _land(unit: dict, result: dict, crash: str | None) -> None:
+            summary.compute_s += float(result.get("compute_s", 0.0))
+            if unit["stage"] == 1:
+                if crash or not result.get("ok"):
+                    error = {
+                        "error": result.get("error") or f"worker crashed: {crash}",
+                        "traceback": result.get("traceback", ""),
+                    }
+                    for tcfg in work.trials[unit["aid"]]:
+                        summary.land(dependent_failure(tcfg, error, store), True, events)
+                return
+            tcfg = unit["tcfg"]
+            record = store.read_record(trial_id(tcfg))
+            if crash or record is None:
+                # The worker died before it could write: the driver records the failure.
+                record = failed_record(tcfg, f"worker crashed: {crash or 'no record written'}")
+                store.write_record(record)
+                summary.land(record, True, events)
+                return
+            summary.land(record, bool(result.get("computed", True)), events)
+
+        resources = {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}
+        # Tune keeps its own experiment state; on a cluster it must sit where every node
+        # can write, so it goes under the storage root, else in a temp folder.
+        local = not (opts.address or os.environ.get("RAY_ADDRESS"))
+        storage = tempfile.mkdtemp(prefix="bench-tune-") if local else str(store.root.resolve() / "_tune")
+        tuner = tune.Tuner(
+            tune.with_resources(_unit_trainable, resources),
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                num_samples=-1,
+                max_concurrent_trials=concurrent,
+                reuse_actors=True,
+                trial_name_creator=lambda t: f"unit_{t.trial_id}",
+                trial_dirname_creator=lambda t: f"unit_{t.trial_id}",
+            ),
+            run_config=tune.RunConfig(
+                name="grid",
+                storage_path=storage,
+                verbose=0,
+                callbacks=[_report_callback(_register(_Sink(events.on_start, _land)))],
+                log_to_file=False,
+            ),
+        )
+        tuner.fit()
+    finally:
+        _SINKS.clear()
+        if started:
+            ray.shutdown()
+        if local:
+            shutil.rmtree(storage, ignore_errors=True)
+    summary.wall_s = time.perf_counter() - start
+    return summary
