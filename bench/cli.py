@@ -116,6 +116,22 @@ def cmd_run(args: argparse.Namespace) -> int:
             from bench.ray_grid import run_ray
 
             summary = run_ray(plan, store, ray_opts, Events(start, end))
+    if args.summary_json:
+        from bench.store import atomic_write_json
+
+        atomic_write_json(
+            Path(args.summary_json),
+            {
+                "executor": summary.executor,
+                "workers": summary.workers,
+                "wall_s": summary.wall_s,
+                "compute_s": summary.compute_s,
+                "overhead_share": summary.overhead_share,
+                "computed": summary.computed,
+                "reused": summary.reused,
+                "failed": len(summary.failed),
+            },
+        )
     for path, reason in summary.corrupt:
         console.print(f"[yellow]recomputed[/] {path}: {reason}", highlight=False)
     console.print(
@@ -234,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--gpus-per-trial", type=float, default=0.0, help="Ray: GPUs per trial (fractions allowed)")
     r.add_argument("--max-concurrent", type=int, default=None, help="Ray: at most this many trials at once")
     r.add_argument("--address", default=None, help="Ray: join this cluster (e.g. auto); RAY_ADDRESS is honoured")
+    r.add_argument("--summary-json", default=None, help="also write the run's timing summary to this JSON file")
     r.add_argument(
         "--leaderboards", default="leaderboards", help="where leaderboard files go (default: ./leaderboards)"
     )

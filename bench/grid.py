@@ -163,6 +163,7 @@ class RunSummary:
     workers: int = 1
     executor: str = "serial"
     records: list[dict] = field(default_factory=list)
+    nodes: dict[str, int] = field(default_factory=dict)  # Ray node id -> units it ran
 
     def land(self, record: dict, computed: bool, events: Events) -> None:
         self.records.append(record)

@@ -74,6 +74,7 @@ def _unit_trainable(config: dict) -> dict:
     worker = {
         "executor": "ray",
         "node_id": ctx.get_node_id(),
+        "pid": os.getpid(),
         "threads": config["threads"],
         "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
     }
@@ -85,6 +86,7 @@ def _unit_trainable(config: dict) -> dict:
             "error": result.get("error", ""),
             "traceback": result.get("traceback", ""),
             "compute_s": result["compute_s"],
+            "node_id": worker["node_id"],
         }
     result = defense_unit(unit["tcfg"], store, worker=worker)
     return {
@@ -92,6 +94,7 @@ def _unit_trainable(config: dict) -> dict:
         "trial_id": result["record"]["trial_id"],
         "computed": result["computed"],
         "compute_s": result["compute_s"],
+        "node_id": worker["node_id"],
     }
 
 
@@ -243,6 +246,8 @@ def run_ray(plan: Plan, store: Store, opts: RayOptions, events: Events = Events(
 
         def _land(unit: dict, result: dict, crash: str | None) -> None:
             summary.compute_s += float(result.get("compute_s", 0.0))
+            if result.get("node_id"):
+                summary.nodes[result["node_id"]] = summary.nodes.get(result["node_id"], 0) + 1
             if unit["stage"] == 1:
                 if crash or not result.get("ok"):
                     error = {
