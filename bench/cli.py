@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -23,7 +24,9 @@ def load_plugins() -> None:
     # Importing these packages registers the built-in methods, data and models.
     import attacks  # noqa: F401
     import bench.data.builtin
-    import bench.models
+    import bench.data.real
+    import bench.models.published
+    import bench.models.zoo
     import bench.settings  # noqa: F401
     import defenses  # noqa: F401
 
@@ -56,6 +59,43 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _apply_environment(args: argparse.Namespace) -> None:
+    """Process-wide choices, set as environment variables so Ray workers inherit them."""
+    from bench import runtime
+
+    if getattr(args, "data_root", None):
+        os.environ["BENCH_DATA_ROOT"] = str(Path(args.data_root).expanduser().resolve())
+    if getattr(args, "allow_download", False):
+        os.environ["BENCH_ALLOW_DOWNLOAD"] = "1"
+    device = getattr(args, "device", None) or os.environ.get("BENCH_DEVICE", "auto")
+    runtime.resolve_device(device)  # a bad --device is an error now, not in a worker
+    os.environ["BENCH_DEVICE"] = device
+    runtime.configure(device, compile=getattr(args, "compile", False))
+    if getattr(args, "compile", False):
+        os.environ["BENCH_COMPILE"] = "1"
+
+
+def preflight(plan) -> list[str]:
+    """Every missing dataset file and model weight the plan needs, found by looking
+    for files only (seconds), so a run fails before any training rather than hours in."""
+    from bench.models.zoo import model_params
+    from bench.registry import DATASETS, MODELS
+
+    problems: list[str] = []
+    datasets = {a["dataset"] for a in plan.artifacts} | {d for a in plan.artifacts for d in a["control_datasets"]}
+    for name in sorted(datasets):
+        check = getattr(DATASETS.get(name), "check", None)
+        if check is not None:
+            problems += check()
+    for name, params in sorted({(a["model"], json.dumps(a["model_params"], sort_keys=True)) for a in plan.artifacts}):
+        missing = getattr(MODELS.get(name), "missing", None)
+        if missing is not None:
+            problem = missing(model_params(name, json.loads(params)))
+            if problem:
+                problems.append(problem)
+    return problems
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from bench import leaderboard
     from bench.grid import Events, Selection, plan_grid, run_serial
@@ -63,7 +103,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.trial import trial_id
 
     suite = load_suite(args.suite)
-    sel = Selection(args.attacks, args.defenses, args.models, args.datasets, args.settings, args.seeds)
+    sel = Selection(
+        args.attacks,
+        args.defenses,
+        args.models,
+        args.datasets,
+        args.settings,
+        args.seeds,
+        getattr(args, "precision", None),
+    )
     plan = plan_grid(suite, sel)
     by_reason: dict[str, list[str]] = {}
     for cell, reason in plan.skipped:
@@ -74,6 +122,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not plan.trials:
         console.print("[red]nothing to run[/]: every requested cell was skipped")
         return 1
+    _apply_environment(args)
+    problems = preflight(plan)
+    if problems:
+        console.print(f"bench: error: {len(problems)} required file(s) missing; nothing was run:", highlight=False)
+        for p in problems:
+            console.print(f"  {p}", highlight=False, soft_wrap=True)
+        return 2
     store = Store(args.results)
     ray_opts = None
     if args.executor == "ray":
@@ -251,6 +306,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-concurrent", type=int, default=None, help="Ray: at most this many trials at once")
     r.add_argument("--address", default=None, help="Ray: join this cluster (e.g. auto); RAY_ADDRESS is honoured")
     r.add_argument("--summary-json", default=None, help="also write the run's timing summary to this JSON file")
+    r.add_argument("--data-root", default=None, help="folder holding real datasets (see bench list datasets)")
+    r.add_argument(
+        "--allow-download", action="store_true", help="let torchvision / the HF hub download data and weights"
+    )
+    r.add_argument("--device", default=None, help="auto (default: cuda if visible), cpu, cuda or cuda:N")
+    r.add_argument(
+        "--precision", choices=["fp32", "bf16"], default=None, help="autocast precision (default: the suite's)"
+    )
+    r.add_argument("--compile", action="store_true", help="torch.compile each victim's forward")
     r.add_argument(
         "--leaderboards", default="leaderboards", help="where leaderboard files go (default: ./leaderboards)"
     )

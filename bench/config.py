@@ -110,6 +110,7 @@ class SuiteConfig:
     # Share of each train split held out as the defender's own clean pool; the
     # attacker trains on the rest, so no defense ever sees poisoned samples.
     defender_fraction: float = 0.25
+    precision: Literal["fp32", "bf16"] = "fp32"  # autocast inside training and evaluation
     # Per-method and per-setting overrides: {name: {field: value}}.
     attack_params: dict[str, dict] = field(default_factory=dict)
     defense_params: dict[str, dict] = field(default_factory=dict)

@@ -28,6 +28,7 @@ class Selection:
     datasets: str | None = None
     settings: str | None = None
     seeds: str | None = None
+    precision: str | None = None
 
 
 @dataclass
@@ -58,6 +59,7 @@ def plan_grid(suite: SuiteConfig, sel: Selection) -> Plan:
     datasets = DATASETS.resolve(sel.datasets or suite.datasets)
     settings = SETTINGS.resolve(sel.settings or suite.settings)
     seeds = parse_seeds(sel.seeds) if sel.seeds else list(suite.seeds)
+    precision = sel.precision or suite.precision
     plan = Plan()
     for model in models:
         for dataset in datasets:
@@ -77,6 +79,8 @@ def plan_grid(suite: SuiteConfig, sel: Selection) -> Plan:
                             "defender_fraction": suite.defender_fraction,
                             "control_datasets": [d for d in suite.control_datasets if d != dataset],
                         }
+                        if precision != "fp32":  # only when set, so fp32 trial ids stay as they were
+                            acfg["precision"] = precision
                         cell = f"{model}/{dataset}/{setting}/{attack}/seed{seed}"
                         reason = check_cell(acfg)
                         if reason:

@@ -8,11 +8,20 @@ from torch import nn
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """Top-1 predictions of `model` on float images x in [0, 1]."""
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+    """Top-1 predictions (on the CPU) of `model` on float images x in [0, 1], in
+    batches on the model's device under the runtime's precision."""
+    from bench import runtime
+
+    batch_size = batch_size or runtime.current().eval_batch_size
+    device = runtime.model_device(model)
     was_training = model.training
     model.eval()
-    out = [model(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)]
+    out = []
+    for i in range(0, len(x), batch_size):
+        with runtime.autocast(device):
+            out.append(model(runtime.to_device(x[i : i + batch_size], device)).argmax(1).cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 
@@ -96,5 +105,10 @@ def perturbation_stats(clean: torch.Tensor, triggered: torch.Tensor) -> dict[str
         "l2": float(d.norm(dim=1).mean()),
         "linf": float(d.abs().amax(dim=1).mean()),
         "psnr": float("inf") if mse == 0 else float(10 * torch.log10(torch.tensor(1.0 / mse))),
-        "ssim": float(ssim(clean.double(), triggered.double()).mean()),
+        # In chunks: a grouped double conv over a whole 224 px split needs tens of GB.
+        "ssim": float(
+            torch.cat(
+                [ssim(clean[i : i + 64].double(), triggered[i : i + 64].double()) for i in range(0, len(clean), 64)]
+            ).mean()
+        ),
     }

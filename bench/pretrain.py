@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from bench.data import builtin
 from bench.data.base import cache_dir, load_dataset
 from bench.models.clip import ClipArch, ZeroShotClassifier, build_clip, normalize_images, tokenize, zeroshot_weights
-from bench.store import config_hash, load_weights, save_weights
+from bench.store import config_hash, file_lock, load_weights, save_weights
 from bench.train import TrainSpec, train
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def _loss(model, batch):
 def zero_shot_accuracy(model, dataset: str, split: str = "test") -> float:
     ds = load_dataset(dataset)
     head = zeroshot_weights(model, ds.classnames, ds.templates, model.context_length)
-    clf = ZeroShotClassifier(model.visual, head, float(model.logit_scale)).eval()
+    clf = ZeroShotClassifier.from_clip(model, head, share_visual=True).eval()
     from bench.metrics import accuracy, predict
 
     data = ds.split(split)
@@ -139,13 +139,16 @@ def get_pretrained(cfg: PretrainConfig = PretrainConfig(), on_step=None, force: 
     """The pre-trained CLIP for `cfg`, from the cache or trained now. Returns (model, info)."""
     path = checkpoint_path(cfg)
     model = build_clip(cfg.arch)
-    # The sidecar is written last, so it marks a complete checkpoint.
-    if not force and path.with_suffix(".safetensors").exists() and path.with_suffix(".json").exists():
-        meta = load_weights(model, path)
-        model.eval()
-        return model, meta["info"]
-    t0 = time.perf_counter()
-    model, info = pretrain(cfg, on_step=on_step)
-    info["total_s"] = round(time.perf_counter() - t0, 1)
-    save_weights(model, path, {"arch": "open_clip.CLIP", "name": "tiny-clip", "pretrain": cfg.to_dict(), "info": info})
-    return model, info
+    # Concurrent trials needing the same checkpoint: one trains, the others wait and load.
+    with file_lock(path.with_suffix(".lock")):
+        # The sidecar is written last, so it marks a complete checkpoint.
+        if not force and path.with_suffix(".safetensors").exists() and path.with_suffix(".json").exists():
+            meta = load_weights(model, path)
+            model.eval()
+            return model, meta["info"]
+        t0 = time.perf_counter()
+        model, info = pretrain(cfg, on_step=on_step)
+        info["total_s"] = round(time.perf_counter() - t0, 1)
+        meta = {"arch": "open_clip.CLIP", "name": "tiny-clip", "pretrain": cfg.to_dict(), "info": info}
+        save_weights(model, path, meta)
+        return model, info

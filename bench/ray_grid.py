@@ -65,7 +65,12 @@ def _unit_trainable(config: dict) -> dict:
     import torch
 
     torch.set_num_threads(config["threads"])
+    # Workers on other nodes do not inherit the driver's environment: carry it.
+    os.environ.update(config["env"])
+    from bench import runtime
     from bench.cli import load_plugins
+
+    runtime.configure(config["env"].get("BENCH_DEVICE", "auto"), compile=config["env"].get("BENCH_COMPILE") == "1")
 
     load_plugins()
     store = Store(config["root"])
@@ -241,7 +246,10 @@ def run_ray(plan: Plan, store: Store, opts: RayOptions, events: Events = Events(
                     }
                 )
                 waiting[aid] = units
-        base = {"root": str(store.root.resolve()), "threads": opts.threads}
+        env_keys = ("BENCH_DATA_ROOT", "BENCH_ALLOW_DOWNLOAD", "BENCH_DEVICE", "BENCH_COMPILE", "BENCH_CACHE",
+                    "HF_HUB_OFFLINE")  # fmt: skip
+        env = {k: os.environ[k] for k in env_keys if k in os.environ}
+        base = {"root": str(store.root.resolve()), "threads": opts.threads, "env": env}
         searcher = _searcher_class()(ready, waiting, base)
 
         def _land(unit: dict, result: dict, crash: str | None) -> None:

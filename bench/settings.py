@@ -14,9 +14,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from bench import runtime
 from bench.data.base import LabeledDataset, Split, load_dataset
 from bench.metrics import accuracy, predict
-from bench.models.clip import ZeroShotClassifier, normalize_images, tokenize, zeroshot_weights
+from bench.models.clip import ZeroShotClassifier, clip_inputs, tokenize, zeroshot_weights
 from bench.models.zoo import model_params
 from bench.registry import DATASETS, MODELS, SETTINGS
 from bench.splits import defender_split, subseed
@@ -172,7 +173,7 @@ class FinetuneSetting(Setting):
 
     def victim(self, model, overrides, dataset, seed, progress=None):
         clip = pretrained_clip(model, overrides, progress)
-        return ZeroShotClassifier.from_clip(clip, zeroshot_head(model, overrides, dataset)).eval()
+        return runtime.place(ZeroShotClassifier.from_clip(clip, zeroshot_head(model, overrides, dataset)).eval())
 
     def control_accuracy(self, victim, model, overrides, datasets):
         """Zero-shot top-1 of the (possibly attacked/defended) image encoder on each
@@ -202,7 +203,7 @@ class SupervisedSetting(Setting):
     attack_updates_norm_stats = True
 
     def victim(self, model, overrides, dataset, seed, progress=None):
-        return MODELS.get(model).build(model_params(model, overrides), dataset.num_classes, seed)
+        return runtime.place(MODELS.get(model).build(model_params(model, overrides), dataset.num_classes, seed))
 
 
 # ---------------------------------------------------------------- contrastive
@@ -225,7 +226,9 @@ def clip_pair_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -
     """The CLIP loss on a batch of (images in [0, 1], caption tokens)."""
     x, tokens = batch
     model.logit_scale.data.clamp_(0, math.log(100))
-    return clip_contrastive_loss(model.encode_image(normalize_images(x)), model.encode_text(tokens), model.logit_scale)
+    return clip_contrastive_loss(
+        model.encode_image(clip_inputs(model, x)), model.encode_text(tokens), model.logit_scale
+    )
 
 
 @SETTINGS.register("contrastive", "whole CLIP fine-tuned with the CLIP loss on poisoned image-caption pairs")
@@ -250,11 +253,11 @@ class ContrastiveSetting(Setting):
         return reason
 
     def victim(self, model, overrides, dataset, seed, progress=None):
-        return copy.deepcopy(pretrained_clip(model, overrides, progress)).eval()
+        return runtime.place(copy.deepcopy(pretrained_clip(model, overrides, progress)).eval())
 
     def classifier(self, victim, model, overrides, dataset):
         head = zeroshot_weights(victim, dataset.classnames, dataset.templates, victim.context_length)
-        return ZeroShotClassifier(victim.visual, head, float(victim.logit_scale.detach())).eval()
+        return ZeroShotClassifier.from_clip(victim, head, share_visual=True).eval()
 
     def control_accuracy(self, victim, model, overrides, datasets):
         out = {}

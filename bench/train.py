@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench import runtime
+
 Batch = Any
 LossFn = Callable[[nn.Module, Batch], torch.Tensor]
 
@@ -118,12 +120,14 @@ def train(
     if spec.freeze_norm_stats:
         set_norm_eval(model)
     start = time.perf_counter()
+    device = runtime.model_device(model)
     it = iter(batches)
     for step in range(spec.steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, spec)
-        batch = next(it)
-        loss = loss_fn(model, batch)
+        batch = runtime.to_device(next(it), device)  # data lives on the CPU; see bench/runtime.py
+        with runtime.autocast(device):
+            loss = loss_fn(model, batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training diverged at step {step}: loss is {loss.item()}")
         opt.zero_grad(set_to_none=True)

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from attacks.base import Attack
-from bench import metrics
+from bench import metrics, runtime
 from bench.config import from_dict
 from bench.data.base import LabeledDataset, Split, load_dataset
 from bench.registry import ATTACKS, DEFENSES, SETTINGS
@@ -87,7 +87,8 @@ def run_attack(acfg: dict, store: Store, progress: Progress = lambda m: None) ->
     with store.claim(aid):  # another process building the same artifact: wait, then reuse it
         if store.artifact_done(aid):
             return read_json(store.artifact_dir(aid) / "model.json")
-        return _attack(acfg, store, progress)
+        with runtime.precision(acfg.get("precision", "fp32")):
+            return _attack(acfg, store, progress)
 
 
 def _attack(acfg: dict, store: Store, progress: Progress) -> dict:
@@ -195,7 +196,7 @@ def base_record(tcfg: dict, worker: dict | None = None) -> dict:
         "config": _record_config(tcfg),
         "versions": dict(_versions()),
         "host": socket.gethostname(),
-        "worker": worker or {"executor": "serial"},
+        "worker": {**(worker or {"executor": "serial"}), **runtime.describe()},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -224,7 +225,9 @@ def run_defense_counted(
             return existing, False
         record = base_record(tcfg, worker)
         try:
-            record.update(_defend(tcfg, store, progress))
+            runtime.reset_peak_memory()
+            with runtime.precision(tcfg["artifact"].get("precision", "fp32")):
+                record.update(_defend(tcfg, store, progress))
             record["status"] = "ok"
         except Exception as e:  # a failed trial is a record, not a crashed grid
             record["status"] = "failed"
@@ -295,7 +298,8 @@ def _defend(tcfg: dict, store: Store, progress: Progress) -> dict:
         "metrics": m,
         "cost": {
             "wall_s": round(wall, 3),
-            "device": str(next(out.model.parameters()).device),
+            "device": str(runtime.model_device(out.model)),
+            **runtime.peak_memory(),
             **out.meter.as_cost(),
             "attack_wall_s": meta["wall_s"],
         },

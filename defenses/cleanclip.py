@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from torchvision.transforms import AutoAugment, AutoAugmentPolicy
 
-from bench.models.clip import normalize_images, tokenize
+from bench.models.clip import clip_inputs, tokenize
 from bench.registry import DEFENSES
 from bench.settings import pretrained_clip
 from bench.train import TrainSpec, clip_contrastive_loss, index_batches, train
@@ -117,7 +117,7 @@ class CleanClip(Defense):
         def loss_fn(model, batch):
             x, x_aug, t, t_aug = batch
             model.logit_scale.data.clamp_(0, math.log(100))
-            img = model.encode_image(normalize_images(torch.cat([x, x_aug])))
+            img = model.encode_image(clip_inputs(model, torch.cat([x, x_aug])))
             txt = model.encode_text(torch.cat([t, t_aug]))
             k = len(x)
             return cleanclip_loss(

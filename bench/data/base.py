@@ -73,20 +73,23 @@ class LabeledDataset:
 
 def cached_arrays(key: dict, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Build arrays once per content key and keep them as an .npz in the cache."""
+    from bench.store import file_lock
+
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir() / "data" / f"{key.get('name', 'data')}-{digest}.npz"
-    if path.exists():
-        try:
-            with np.load(path) as f:
-                return {k: f[k] for k in f.files}
-        except (OSError, ValueError):
-            path.unlink(missing_ok=True)  # a torn file from an interrupted build: rebuild
-    arrays = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
-    return arrays
+    with file_lock(path.with_suffix(".lock")):  # concurrent trials build it once
+        if path.exists():
+            try:
+                with np.load(path) as f:
+                    return {k: f[k] for k in f.files}
+            except (OSError, ValueError):
+                path.unlink(missing_ok=True)  # a torn file from an interrupted build: rebuild
+        arrays = build()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+        return arrays
 
 
 _LOADED: dict[str, LabeledDataset] = {}

@@ -26,24 +26,39 @@ GEN_SIZES = {"train": 8000, "val": 1000, "test": 2000}
 _GEN_SEEDS = {"shapes": 1000, "colors": 2000, "corpus": 3000}
 
 
-def _generated(name: str, attr: int) -> LabeledDataset:
+# The 224 px shapes exist to exercise published 224 px CLIPs on GPUs without any
+# download; smaller splits keep them at ~0.9 GB of uint8.
+GEN224_SIZES = {"train": 4000, "val": 1000, "test": 1000}
+
+
+def _generated(name: str, attr: int, side: int = gen.SIZE, sizes: dict = GEN_SIZES) -> LabeledDataset:
+    base = name.removesuffix(f"-{side}")
+
     def build() -> dict[str, np.ndarray]:
         out = {}
-        for i, (split, n) in enumerate(GEN_SIZES.items()):
-            images, attrs = gen.generate(n, _GEN_SEEDS[name] + i)
+        for i, (split, n) in enumerate(sizes.items()):
+            images, attrs = gen.generate(n, _GEN_SEEDS[base] + i, side)
             out[f"{split}_x"], out[f"{split}_y"] = images, attrs[:, attr]
         return out
 
-    arrays = cached_arrays({"name": name, "sizes": GEN_SIZES, "v": 1}, build)
-    splits = {s: Split(torch.from_numpy(arrays[f"{s}_x"]), torch.from_numpy(arrays[f"{s}_y"])) for s in GEN_SIZES}
-    if name == "shapes":
-        return LabeledDataset("shapes", list(gen.SHAPES), SHAPE_TEMPLATES, **splits)
-    return LabeledDataset("colors", list(gen.COLOR_NAMES), COLOR_TEMPLATES, **splits)
+    key = {"name": name, "sizes": sizes, "v": 1} | ({"side": side} if side != gen.SIZE else {})
+    arrays = cached_arrays(key, build)
+    splits = {s: Split(torch.from_numpy(arrays[f"{s}_x"]), torch.from_numpy(arrays[f"{s}_y"])) for s in sizes}
+    if base == "shapes":
+        return LabeledDataset(name, list(gen.SHAPES), SHAPE_TEMPLATES, **splits)
+    return LabeledDataset(name, list(gen.COLOR_NAMES), COLOR_TEMPLATES, **splits)
 
 
 @DATASETS.register("shapes", "procedural 32x32 images; label = which of 10 shapes (built in, offline)", corpus_attr=0)
 def shapes() -> LabeledDataset:
     return _generated("shapes", 0)
+
+
+@DATASETS.register(
+    "shapes-224", "the shapes task rendered at 224x224 (4000/1000/1000); for 224 px CLIPs", corpus_attr=0
+)
+def shapes_224() -> LabeledDataset:
+    return _generated("shapes-224", 0, 224, GEN224_SIZES)
 
 
 @DATASETS.register("colors", "procedural 32x32 images; label = which of 8 colours (control task)", corpus_attr=1)

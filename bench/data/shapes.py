@@ -109,26 +109,27 @@ class Sample:
     background: int
 
 
-def shape_mask(shape: str, cx: float, cy: float, radius: float, angle: float) -> np.ndarray:
-    """Anti-aliased coverage mask in [0, 1] of one shape, SIZE x SIZE."""
-    big = SIZE * _SS
+def shape_mask(shape: str, cx: float, cy: float, radius: float, angle: float, size: int = SIZE) -> np.ndarray:
+    """Anti-aliased coverage mask in [0, 1] of one shape, size x size."""
+    big = size * _SS
     img = Image.new("L", (big, big), 0)
     draw = ImageDraw.Draw(img)
     ca, sa = math.cos(angle), math.sin(angle)
     for poly, fill in _LAYERS[shape]:
         pts = [((cx + radius * (x * ca - y * sa)) * _SS, (cy - radius * (x * sa + y * ca)) * _SS) for x, y in poly]
         draw.polygon(pts, fill=fill)
-    small = img.resize((SIZE, SIZE), Image.Resampling.BOX)
+    small = img.resize((size, size), Image.Resampling.BOX)
     return np.asarray(small, dtype=np.float32) / 255.0
 
 
-def background(kind: str, rng: np.random.Generator) -> np.ndarray:
-    """A grey SIZE x SIZE texture in [0, 1]."""
-    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32) / SIZE
+def background(kind: str, rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
+    """A grey size x size texture in [0, 1] (geometry scaled from the 32 px design)."""
+    scale = size / SIZE
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     if kind == "plain":
-        bg = np.full((SIZE, SIZE), rng.uniform(0.08, 0.35), np.float32)
+        bg = np.full((size, size), rng.uniform(0.08, 0.35), np.float32)
     elif kind == "noisy":
-        bg = rng.uniform(0.15, 0.3) + rng.normal(0, 0.07, (SIZE, SIZE)).astype(np.float32)
+        bg = rng.uniform(0.15, 0.3) + rng.normal(0, 0.07, (size, size)).astype(np.float32)
     elif kind == "striped":
         theta = rng.uniform(0, math.pi)
         freq = rng.uniform(3, 6)
@@ -138,7 +139,8 @@ def background(kind: str, rng: np.random.Generator) -> np.ndarray:
     elif kind == "checkered":
         cell = int(rng.integers(3, 7))
         ox, oy = rng.integers(0, cell, 2)
-        iy, ix = np.mgrid[0:SIZE, 0:SIZE]
+        cell, ox, oy = round(cell * scale), round(ox * scale), round(oy * scale)
+        iy, ix = np.mgrid[0:size, 0:size]
         bg = np.where(((ix + ox) // cell + (iy + oy) // cell) % 2 == 0, 0.12, 0.36)
     elif kind == "gradient":
         theta = rng.uniform(0, 2 * math.pi)
@@ -150,21 +152,23 @@ def background(kind: str, rng: np.random.Generator) -> np.ndarray:
     return np.clip(bg, 0.0, 1.0).astype(np.float32)
 
 
-def render(sample: Sample, rng: np.random.Generator) -> np.ndarray:
-    """One image, float32 (3, SIZE, SIZE) in [0, 1], with jittered geometry and colour."""
+def render(sample: Sample, rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
+    """One image, float32 (3, size, size) in [0, 1], with jittered geometry and colour.
+    Other sizes scale the 32 px geometry, drawing the same random numbers."""
+    scale = size / SIZE
     radius = rng.uniform(8.5, 13.0)
     margin = radius * 0.8
     cx, cy = rng.uniform(margin, SIZE - margin, 2)
     angle = math.radians(rng.uniform(-20, 20))
-    alpha = shape_mask(SHAPES[sample.shape], cx, cy, radius, angle)
-    bg = background(BACKGROUNDS[sample.background], rng)
+    alpha = shape_mask(SHAPES[sample.shape], cx * scale, cy * scale, radius * scale, angle, size)
+    bg = background(BACKGROUNDS[sample.background], rng, size)
     rgb = np.clip(np.asarray(COLORS[COLOR_NAMES[sample.color]], np.float32) + rng.uniform(-0.05, 0.05, 3), 0, 1)
     img = bg[None] * (1 - alpha[None]) + rgb[:, None, None].astype(np.float32) * alpha[None]
     return np.clip(img, 0.0, 1.0)
 
 
-def generate(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """n images (uint8, N x 3 x 32 x 32) and their attributes (N x 3: shape, colour, background).
+def generate(n: int, seed: int, size: int = SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """n images (uint8, N x 3 x size x size) and their attributes (N x 3: shape, colour, background).
 
     Attributes are balanced by cycling through a seeded permutation, so every
     (shape, colour) pair appears about equally often even in small sets.
@@ -178,8 +182,8 @@ def generate(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         ],
         axis=1,
     )
-    images = np.empty((n, 3, SIZE, SIZE), np.uint8)
+    images = np.empty((n, 3, size, size), np.uint8)
     for i, (s, c, b) in enumerate(attrs):
-        img = render(Sample(int(s), int(c), int(b)), rng)
+        img = render(Sample(int(s), int(c), int(b)), rng, size)
         images[i] = np.round(img * 255).astype(np.uint8)
     return images, attrs.astype(np.int64)

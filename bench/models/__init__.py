@@ -1,3 +1,3 @@
-"""Victim models. Importing this package registers the built-in ones."""
-
-from bench.models import zoo  # noqa: F401  (imported for registration)
+"""Victim models: `zoo` (built-in tiny models) and `published` (open_clip by name) register
+themselves when imported (see bench.cli.load_plugins). Nothing is imported here, so that
+`bench.models.clip` can be used without pulling in the registrations."""

@@ -47,7 +47,7 @@ class ClipArch:
 
 
 def build_clip(arch: ClipArch) -> CLIP:
-    return CLIP(
+    model = CLIP(
         embed_dim=arch.embed_dim,
         vision_cfg=CLIPVisionCfg(
             layers=arch.vision_layers,
@@ -63,16 +63,37 @@ def build_clip(arch: ClipArch) -> CLIP:
             layers=arch.text_layers,
         ),
     )
+    # The tiny CLIP's own input statistics (open_clip would assume OpenAI's).
+    open_clip.set_model_preprocess_cfg(model, {"size": (arch.image_size, arch.image_size), "mean": MEAN, "std": STD})
+    return model
+
+
+def input_spec(model: nn.Module) -> tuple[tuple, tuple, int]:
+    """(mean, std, image side) a CLIP expects, from its open_clip preprocess config."""
+    cfg = getattr(model.visual, "preprocess_cfg", None) or {}
+    size = cfg.get("size", getattr(model.visual, "image_size", 224))
+    side = size[0] if isinstance(size, (tuple, list)) else int(size)
+    return tuple(cfg.get("mean", MEAN)), tuple(cfg.get("std", STD)), side
 
 
 def tokenize(texts: list[str], context_length: int) -> torch.Tensor:
     return open_clip.tokenize(texts, context_length=context_length)
 
 
-def normalize_images(x: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(MEAN, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    std = torch.tensor(STD, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    return (x - mean) / std
+def normalize_images(x: torch.Tensor, mean: tuple = MEAN, std: tuple = STD) -> torch.Tensor:
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+def clip_inputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """[0, 1] images as `model`'s image tower expects them: resized to its side (a
+    32 px dataset on a 224 px ViT is upsampled, as CLIP's preprocessing would) and
+    normalised with its statistics."""
+    mean, std, side = input_spec(model)
+    if x.shape[-1] != side or x.shape[-2] != side:
+        x = F.interpolate(x, size=(side, side), mode="bicubic", align_corners=False).clamp(0, 1)
+    return normalize_images(x, mean, std)
 
 
 @torch.no_grad()
@@ -82,8 +103,9 @@ def zeroshot_weights(model: CLIP, classnames: list[str], templates: list[str], c
     was_training = model.training
     model.eval()
     rows = []
+    device = next(model.parameters()).device
     for name in classnames:
-        tokens = tokenize([t.format(name) for t in templates], context_length)
+        tokens = tokenize([t.format(name) for t in templates], context_length).to(device)
         emb = F.normalize(model.encode_text(tokens), dim=-1).mean(0)
         rows.append(F.normalize(emb, dim=-1))
     model.train(was_training)
@@ -98,22 +120,34 @@ class ZeroShotClassifier(nn.Module):
     over `parameters()` are exactly the image encoder's.
     """
 
-    def __init__(self, visual: nn.Module, head: torch.Tensor, logit_scale: float):
+    def __init__(
+        self, visual: nn.Module, head: torch.Tensor, logit_scale: float, mean: tuple = MEAN, std: tuple = STD,
+        image_size: int | None = None,
+    ):  # fmt: skip
         super().__init__()
         self.visual = visual
         self.register_buffer("head", head.clone())
         self.register_buffer("logit_scale", torch.tensor(float(logit_scale)))
+        self.mean, self.std, self.image_size = tuple(mean), tuple(std), image_size
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.visual(normalize_images(x)), dim=-1)
+        side = self.image_size
+        if side is not None and (x.shape[-1] != side or x.shape[-2] != side):
+            x = F.interpolate(x, size=(side, side), mode="bicubic", align_corners=False).clamp(0, 1)
+        return F.normalize(self.visual(normalize_images(x, self.mean, self.std)), dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logit_scale.exp() * self.features(x) @ self.head.T
 
     def with_head(self, head: torch.Tensor) -> ZeroShotClassifier:
         """The same image encoder (shared, not copied) behind another dataset's head."""
-        return ZeroShotClassifier(self.visual, head, float(self.logit_scale)).train(self.training)
+        head = head.to(self.head.device)
+        clf = ZeroShotClassifier(self.visual, head, float(self.logit_scale), self.mean, self.std, self.image_size)
+        return clf.train(self.training)
 
     @classmethod
-    def from_clip(cls, model: CLIP, head: torch.Tensor) -> ZeroShotClassifier:
-        return cls(copy.deepcopy(model.visual), head, float(model.logit_scale.detach()))
+    def from_clip(cls, model: CLIP, head: torch.Tensor, share_visual: bool = False) -> ZeroShotClassifier:
+        """`model`'s image tower (a copy, or the same module with share_visual) behind `head`."""
+        mean, std, side = input_spec(model)
+        visual = model.visual if share_visual else copy.deepcopy(model.visual)
+        return cls(visual, head.to(next(model.parameters()).device), float(model.logit_scale.detach()), mean, std, side)

@@ -1,0 +1,138 @@
+"""Where the tensors of a trial run: device, mixed precision, memory layout.
+
+Data stays on the CPU (triggers are pure functions of CPU tensors, and splits can be
+larger than a GPU); the training loop and `predict` move each batch to the model's
+device just before the forward pass, so attacks and defenses never handle devices.
+
+The device is a property of the process (a Ray trial sees the GPUs Ray gave it through
+CUDA_VISIBLE_DEVICES); precision is part of a trial's config, because bf16 changes the
+numbers. A run on another device reuses fp32 records: they differ by float rounding only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass
+class Runtime:
+    device: str = "cpu"
+    precision: str = "fp32"  # the autocast dtype inside train() and predict()
+    channels_last: bool = False  # NHWC for convolutional towers on GPU
+    compile: bool = False  # torch.compile the model's forward (nn.Module.compile keeps state_dict keys)
+    eval_batch_size: int = 500
+
+
+_CURRENT = Runtime()
+
+
+def resolve_device(spec: str) -> str:
+    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; 'cuda[:N]' and 'cpu' as given."""
+    from bench.config import ConfigError
+
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if spec == "cpu":
+        return spec
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {spec!r}: no CUDA GPU is visible to this process (use cpu or auto)")
+        return spec
+    raise ConfigError(f"--device {spec!r} is not allowed; allowed: auto, cpu, cuda, cuda:N")
+
+
+def configure(device: str = "auto", channels_last: bool | None = None, compile: bool = False) -> Runtime:
+    """Set this process's device (channels_last defaults to on for CUDA)."""
+    dev = resolve_device(device)
+    _CURRENT.device = dev
+    _CURRENT.channels_last = dev.startswith("cuda") if channels_last is None else channels_last
+    _CURRENT.compile = compile
+    return _CURRENT
+
+
+def current() -> Runtime:
+    return _CURRENT
+
+
+@contextlib.contextmanager
+def precision(name: str) -> Iterator[None]:
+    """Within the block, train() and predict() autocast to `name` (fp32: no autocast)."""
+    if name not in PRECISIONS:
+        raise ValueError(f"precision {name!r} is not allowed; allowed: {', '.join(PRECISIONS)}")
+    saved = _CURRENT.precision
+    _CURRENT.precision = name
+    try:
+        yield
+    finally:
+        _CURRENT.precision = saved
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    if _CURRENT.precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def to_device(batch, device: torch.device):
+    """A batch (tensor, or tuple/list of tensors) on `device`; pinned and non-blocking
+    for CUDA so the copy overlaps the previous step."""
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(t, device) for t in batch)
+    if not isinstance(batch, torch.Tensor) or batch.device == device:
+        return batch
+    if device.type == "cuda":
+        x = batch.pin_memory().to(device, non_blocking=True)
+        if _CURRENT.channels_last and x.dim() == 4 and x.is_floating_point():
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+    return batch.to(device)
+
+
+def place(model: nn.Module) -> nn.Module:
+    """Move a freshly built victim to this process's device (and layout)."""
+    model = model.to(_CURRENT.device)
+    if _CURRENT.channels_last and _CURRENT.device.startswith("cuda"):
+        model = model.to(memory_format=torch.channels_last)
+    if _CURRENT.compile:
+        model.compile()
+    return model
+
+
+def reset_peak_memory() -> None:
+    if torch.cuda.is_available() and _CURRENT.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory() -> dict[str, float]:
+    """Peak GPU memory since the last reset, and this process's peak resident memory
+    (a process-wide high-water mark: with reused workers it covers earlier trials too)."""
+    out = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if torch.cuda.is_available() and _CURRENT.device.startswith("cuda"):
+        out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return out
+
+
+def describe() -> dict:
+    d = {"device": _CURRENT.device, "channels_last": _CURRENT.channels_last, "compile": _CURRENT.compile}
+    if _CURRENT.device.startswith("cuda"):
+        d["gpu"] = torch.cuda.get_device_name(torch.device(_CURRENT.device))
+    d["torch_threads"] = torch.get_num_threads()
+    d["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return d
