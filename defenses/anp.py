@@ -26,7 +26,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from bench import runtime
 from bench.metrics import accuracy, predict
 from bench.registry import DEFENSES
 from bench.train import frozen
@@ -56,7 +58,7 @@ class PerturbedMask(UnitMask):
 
     def _hook(self, module, inputs, out):
         scale = self.mask + self.delta if self.perturb else self.mask
-        return out * channel_view(scale.to(out.dtype), out)
+        return out * channel_view(scale.to(device=out.device, dtype=out.dtype), out)
 
 
 def learn_masks(
@@ -72,13 +74,14 @@ def learn_masks(
     """Run ANP's min-max optimisation; returns the learned masks in [0, 1]."""
     pm = PerturbedMask(layer, n_units)
     opt = torch.optim.SGD([pm.mask], lr=p.lr, momentum=0.9)
+    device = runtime.model_device(classify) if isinstance(classify, nn.Module) else torch.device("cpu")
     try:
         for _ in range(p.iterations):
             idx = torch.randint(len(x), (p.batch_size,), generator=gen)
             meter.clean.update(idx.tolist())
             meter.samples_seen += len(idx)
             meter.steps += 1
-            xb, yb = x[idx], y[idx]
+            xb, yb = runtime.to_device((x[idx], y[idx]), device)
             # inner maximisation: one signed step from a random start
             with torch.no_grad():
                 pm.delta.uniform_(-p.eps, p.eps, generator=gen)

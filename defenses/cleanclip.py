@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torchvision.transforms import AutoAugment, AutoAugmentPolicy
 
+from bench import runtime
 from bench.models.clip import clip_inputs, tokenize
 from bench.registry import DEFENSES
 from bench.settings import pretrained_clip
@@ -84,6 +85,7 @@ class CleanClip(Defense):
             clip = victim
         else:  # the victim's image encoder inside the pre-trained CLIP, text tower frozen
             clip = copy.deepcopy(pretrained_clip(ctx.model_name, ctx.model_params))
+            clip = clip.to(runtime.model_device(victim))  # the text tower joins the victim's device
             clip.visual = victim.visual
             for q in clip.parameters():
                 q.requires_grad_(False)

@@ -23,7 +23,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from bench import runtime
 from bench.metrics import predict
 from bench.train import frozen
 
@@ -68,16 +70,18 @@ def neural_cleanse_class(
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """The smallest mask/pattern sending x to `target`; returns (mask, pattern, success rate)."""
     _, c, h, w = x.shape
-    mask_logit = torch.full((h, w), -2.0).requires_grad_(True)  # start small: sigmoid(-2) = 0.12
-    pattern_logit = torch.zeros(c, h, w).requires_grad_(True)
+    dev = runtime.model_device(model) if isinstance(model, nn.Module) else torch.device("cpu")
+    # The trigger is optimised on the model's device; it is returned on the CPU, with the data.
+    mask_logit = torch.full((h, w), -2.0, device=dev).requires_grad_(True)  # start small: sigmoid(-2) = 0.12
+    pattern_logit = torch.zeros(c, h, w, device=dev).requires_grad_(True)
     opt = torch.optim.Adam([mask_logit, pattern_logit], lr=p.lr, betas=(0.5, 0.9))
     cost, up, down = p.init_cost, 0, 0
     best: tuple[torch.Tensor, torch.Tensor, float] | None = None
-    y = torch.full((p.batch_size,), target)
+    y = torch.full((p.batch_size,), target, device=dev)
     for _ in range(p.steps):
         idx = torch.randint(len(x), (p.batch_size,), generator=gen)
         mask, pattern = torch.sigmoid(mask_logit), torch.sigmoid(pattern_logit)
-        logits = model((1 - mask) * x[idx] + mask * pattern)
+        logits = model((1 - mask) * runtime.to_device(x[idx], dev) + mask * pattern)
         l1 = mask.sum()
         loss = F.cross_entropy(logits, y) + cost * l1
         success = float((logits.argmax(1) == target).float().mean())
@@ -96,7 +100,7 @@ def neural_cleanse_class(
             cost, down = cost / p.cost_multiplier**1.5, 0
     if best is None:  # never reached the threshold: the final mask stands, flagged by its success rate
         best = (torch.sigmoid(mask_logit).detach(), torch.sigmoid(pattern_logit).detach(), float("nan"))
-    mask, pattern, _ = best
+    mask, pattern = best[0].cpu(), best[1].cpu()
     with torch.no_grad():
         rate = float((predict(model, (1 - mask) * x + mask * pattern) == target).float().mean())
     return mask, pattern, rate
@@ -144,8 +148,10 @@ def decree(
     are collapsed (mean pairwise cosine >= sim_threshold) and shrinks while they are
     not; the smallest mask that reached the threshold is kept."""
     _, c, h, w = x.shape
-    mask_logit = torch.full((h, w), -2.0).requires_grad_(True)
-    pattern_logit = torch.zeros(c, h, w).requires_grad_(True)
+    params_of_model = list(params_of_model)
+    dev = params_of_model[0].device if params_of_model else torch.device("cpu")
+    mask_logit = torch.full((h, w), -2.0, device=dev).requires_grad_(True)
+    pattern_logit = torch.zeros(c, h, w, device=dev).requires_grad_(True)
     opt = torch.optim.Adam([mask_logit, pattern_logit], lr=p.lr, betas=(0.5, 0.9))
     cost, up, down = l1_weight, 0, 0
     best: tuple[torch.Tensor, torch.Tensor, float] | None = None
@@ -153,7 +159,7 @@ def decree(
         for _ in range(p.steps):
             idx = torch.randint(len(x), (p.batch_size,), generator=gen)
             mask, pattern = torch.sigmoid(mask_logit), torch.sigmoid(pattern_logit)
-            emb = F.normalize(encode((1 - mask) * x[idx] + mask * pattern), dim=-1)
+            emb = F.normalize(encode((1 - mask) * runtime.to_device(x[idx], dev) + mask * pattern), dim=-1)
             sim = emb @ emb.T
             n = len(emb)
             mean_pairwise = (sim.sum() - sim.diagonal().sum()) / (n * (n - 1))
@@ -173,10 +179,13 @@ def decree(
     reached = best is not None
     if best is None:  # never collapsed: the final mask stands, flagged in the info
         best = (torch.sigmoid(mask_logit).detach(), torch.sigmoid(pattern_logit).detach(), float("nan"))
-    mask, pattern = best[0], best[1]
+    mask, pattern = best[0].cpu(), best[1].cpu()
     with torch.no_grad():
         triggered = (1 - mask) * x + mask * pattern
-        emb = F.normalize(torch.cat([encode(triggered[i : i + 256]) for i in range(0, len(x), 256)]), dim=-1)
+        emb = F.normalize(
+            torch.cat([encode(runtime.to_device(triggered[i : i + 256], dev)).cpu() for i in range(0, len(x), 256)]),
+            dim=-1,
+        )
         sim = emb @ emb.T
         n = len(emb)
         pairwise = float((sim.sum() - sim.diagonal().sum()) / (n * (n - 1)))

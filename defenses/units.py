@@ -13,6 +13,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from bench import runtime
+
 
 def unit_layer(model: nn.Module) -> nn.Module:
     """The module whose output channels (dim 1) are the units of `model`."""
@@ -50,7 +52,7 @@ class UnitMask:
         self.handle = layer.register_forward_hook(self._hook)
 
     def _hook(self, module, inputs, out):
-        return out * channel_view(self.mask.to(out.dtype), out)
+        return out * channel_view(self.mask.to(device=out.device, dtype=out.dtype), out)
 
     def remove(self) -> None:
         self.handle.remove()
@@ -69,12 +71,13 @@ def unit_activations(
         dims = [d for d in range(out.ndim) if d != ch]
         sums.append(out.float().mean(dim=dims) * chunk_len[0])
 
+    device = runtime.model_device(forward) if isinstance(forward, nn.Module) else torch.device("cpu")
     handle = layer.register_forward_hook(hook)
     try:
         for i in range(0, len(x), batch_size):
             chunk = x[i : i + batch_size]
             chunk_len[0] = len(chunk)
-            forward(chunk)
+            forward(runtime.to_device(chunk, device))
     finally:
         handle.remove()
-    return torch.stack(sums).sum(0) / len(x)
+    return (torch.stack(sums).sum(0) / len(x)).cpu()
