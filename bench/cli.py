@@ -256,6 +256,93 @@ def _check_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    import csv
+    import io
+    import time
+
+    from bench import analysis, leaderboard, plots
+    from bench.store import Store, atomic_write_bytes
+
+    store = Store(args.results)
+    out = Path(args.out)
+    suite = load_suite(args.suite)
+    start = time.perf_counter()
+    _threads()
+    if args.what == "alpha":
+        from defenses.tbar import TbarParams
+
+        attacks = set(args.attacks.split(","))
+        records = [
+            r for r in leaderboard.select_records(store.records(), suite.name)
+            if r["status"] == "ok" and r["config"]["defense"] == args.defense and r["config"]["attack"] in attacks
+        ]  # fmt: skip
+        if not records:
+            console.print(f"bench: error: no ok {args.defense!r} records for attacks {sorted(attacks)} of suite "
+                          f"{suite.name!r} under {store.root}; run the grid first")  # fmt: skip
+            return 1
+        for r in sorted(records, key=lambda r: r["config"]["attack"]):
+            c = r["config"]
+            alphas = TbarParams(
+                **{k: v for k, v in c["defense_params"].items() if k in TbarParams.__dataclass_fields__}
+            ).alphas()
+            console.print(
+                f"alpha curve: {c['model']}/{c['dataset']}/{c['attack']}/{c['defense']} ({len(alphas)} points)"
+            )
+            result = analysis.run_alpha(store, r, alphas)
+            stem = f"alpha-{c['model']}-{c['dataset']}-{c['setting']}-{c['attack']}-{c['defense']}-s{c['seed']}"
+            analysis.save(result, store, stem)
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, fieldnames=list(result["rows"][0]))
+            w.writeheader()
+            w.writerows(result["rows"])
+            atomic_write_bytes(out / f"{stem}.csv", buf.getvalue().encode())
+            atomic_write_bytes(out / f"{stem}.png", plots.alpha_analysis(result))
+            console.print(f"  -> {out / stem}.png, .csv; chosen alpha {result['chosen_alpha']}")
+    else:
+        from bench.config import from_dict, to_dict
+        from bench.registry import ATTACKS
+
+        attack_cfgs = {}
+        for name in args.attacks.split(","):
+            cls = ATTACKS.get(name)
+            params = to_dict(from_dict(cls.Params, suite.attack_params.get(name), f"attack_params.{name}"))
+            attack_cfgs[name] = {"attack": name, "attack_params": params, "seed": args.seed}
+        grid = [float(g) for g in args.grid.split(",")]
+        model = args.model or suite.models[0]
+        result = analysis.run_disentanglement(
+            model, suite.model_params.get(model, {}) or {}, args.dataset or suite.datasets[0], attack_cfgs, grid,
+            args.steps, args.lr, args.seed, progress=lambda m: console.print(m),
+        )  # fmt: skip
+        stem = f"disentanglement-{model}-{result['dataset']}-s{args.seed}"
+        analysis.save(result, store, stem)
+        rows = [
+            {"attack": a, "a_c": grid[i], "a_t": grid[j], "xi": result["xi"][a][i][j]}
+            for a in result["xi"] for i in range(len(grid)) for j in range(len(grid))
+        ]  # fmt: skip
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=["attack", "a_c", "a_t", "xi"])
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write_bytes(out / f"{stem}.csv", buf.getvalue().encode())
+        atomic_write_bytes(out / f"{stem}.png", plots.disentanglement(result))
+        names, mat = result["cosine"]["names"], result["cosine"]["matrix"]
+        console.print("cosine: " + "; ".join(f"{a}/{b} {mat[i][j]:.3f}" for i, a in enumerate(names)
+                                               for j, b in enumerate(names) if j > i))  # fmt: skip
+        console.print(f"  -> {out / stem}.png, .csv")
+    console.print(f"done in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from bench import report
+    from bench.store import Store
+
+    path = report.write_tbar_report(Store(args.results), load_suite(args.suite).name, Path(args.out))
+    console.print(f"report: {path}")
+    return 0
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from bench.pretrain import PretrainConfig, checkpoint_path, get_pretrained
 
@@ -336,6 +423,28 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--tolerance", type=float, default=0.02, help="--check: allowed absolute difference of accuracies")
     lb.add_argument("--executor", choices=["ray", "serial"], default="ray", help="--check: executor for the rerun")
     lb.set_defaults(func=cmd_leaderboard)
+
+    an = sub.add_parser("analyze", help="TBAR analyses: alpha curves, weight disentanglement")
+    an.add_argument("what", choices=["alpha", "disentanglement"])
+    an.add_argument("--suite", default="micro")
+    an.add_argument("--results", default="results")
+    an.add_argument("--out", default="leaderboards/tbar-analysis", help="where plots and CSVs go")
+    an.add_argument("--attacks", default="badnets,blended", help="comma list of attacks")
+    an.add_argument("--defense", default="tbar", help="alpha: which tbar variant's records (tbar, tbar-mix, ...)")
+    an.add_argument("--model", default=None, help="disentanglement: a clip model (default: the suite's first)")
+    an.add_argument("--dataset", default=None, help="disentanglement: dataset (default: the suite's first)")
+    an.add_argument("--grid", default="0,0.25,0.5,0.75,1", help="disentanglement: coefficients for a_c and a_t")
+    an.add_argument("--steps", type=int, default=150, help="disentanglement: fine-tuning steps per task vector")
+    an.add_argument("--lr", type=float, default=3e-4, help="disentanglement: fine-tuning learning rate")
+    an.add_argument("--seed", type=int, default=0)
+    an.set_defaults(func=cmd_analyze)
+
+    rp = sub.add_parser("report", help="write leaderboards/tbar-report.md from stored records and analyses")
+    rp.add_argument("what", choices=["tbar"])
+    rp.add_argument("--suite", default="micro")
+    rp.add_argument("--results", default="results")
+    rp.add_argument("--out", default="leaderboards")
+    rp.set_defaults(func=cmd_report)
 
     pt = sub.add_parser("pretrain", help="(re)produce the tiny-clip checkpoint")
     pt.add_argument("--steps", type=int, default=None)

@@ -86,3 +86,60 @@ def alpha_curves(records: list[dict]) -> bytes | None:
     fig.suptitle("TBAR validation curves (dashed: the chosen alpha)", fontsize=10)
     fig.tight_layout()
     return _png(fig)
+
+
+def alpha_analysis(result: dict) -> bytes:
+    """CA, ASR and control accuracy against alpha on validation and test (bench analyze alpha)."""
+    rows = result["rows"]
+    a = [r["alpha"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), sharex=True)
+    panels = [
+        ("CA", [("val_ca", "validation"), ("test_ca", "test")]),
+        ("ASR", [("val_asr", "validation"), ("test_asr", "test")]),
+        ("control accuracy", [("control", "test (control datasets)")]),
+    ]
+    for ax, (title, series) in zip(axes, panels, strict=True):
+        for key, label in series:
+            vals = [100 * r[key] if r.get(key) is not None else float("nan") for r in rows]
+            ax.plot(a, vals, marker=".", label=label)
+        if result.get("chosen_alpha") is not None:
+            ax.axvline(result["chosen_alpha"], color="black", ls="--", lw=1, label="chosen alpha")
+        ax.set_title(title)
+        ax.set_xlabel("alpha")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("%")
+    axes[0].legend(fontsize=8)
+    c = result["config"]
+    fig.suptitle(f"{c['defense']} on {c['model']}/{c['dataset']}/{c['setting']}/{c['attack']} (seed {c['seed']})")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def disentanglement(result: dict) -> bytes:
+    """xi(a_c, a_t) heatmaps (one per attack) and the task-vector cosine matrix."""
+    attacks = list(result["xi"])
+    n = len(attacks) + 1
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.4))
+    axes = list(axes) if n > 1 else [axes]
+    grid = result["grid"]
+    ticks = [f"{g:g}" for g in grid]
+    for ax, name in zip(axes, attacks, strict=False):
+        im = ax.imshow(result["xi"][name], origin="lower", cmap="magma", vmin=0, vmax=2)
+        ax.set_xticks(range(len(grid)), ticks, fontsize=7)
+        ax.set_yticks(range(len(grid)), ticks, fontsize=7)
+        ax.set_xlabel("a_t (trigger vector)")
+        ax.set_ylabel("a_c (clean vector)")
+        ax.set_title(f"xi: clean + {name}", fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    names, mat = result["cosine"]["names"], result["cosine"]["matrix"]
+    ax = axes[-1]
+    im = ax.imshow(mat, cmap="coolwarm", vmin=-1, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=45, fontsize=7)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            ax.text(j, i, f"{mat[i][j]:.2f}", ha="center", va="center", fontsize=7)
+    ax.set_title("cosine of task vectors", fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return _png(fig)

@@ -237,9 +237,9 @@ def run_defense_counted(
         return record, True
 
 
-def _defend(tcfg: dict, store: Store, progress: Progress) -> dict:
-    acfg = tcfg["artifact"]
-    meta = run_attack(acfg, store, progress)  # normally already there: stage 1 ran first
+def load_artifact(acfg: dict, store: Store):
+    """(backdoored model, setting, dataset, attack) of a built artifact, exactly as
+    stage 2 sees them."""
     ds = load_dataset(acfg["dataset"])
     setting = SETTINGS.get(acfg["setting"])()
     attack = build_attack(acfg, tuple(ds.train.images.shape[1:]))
@@ -248,7 +248,13 @@ def _defend(tcfg: dict, store: Store, progress: Progress) -> dict:
         attack.restore(load_file(folder / "trigger.safetensors"))
     model = setting.victim(acfg["model"], acfg["model_params"], ds, subseed(acfg["seed"], "init"))
     load_weights(model, folder / "model")
-    model.eval()
+    return model.eval(), setting, ds, attack
+
+
+def _defend(tcfg: dict, store: Store, progress: Progress) -> dict:
+    acfg = tcfg["artifact"]
+    meta = run_attack(acfg, store, progress)  # normally already there: stage 1 ran first
+    model, setting, ds, attack = load_artifact(acfg, store)
 
     defense_cls = DEFENSES.get(tcfg["defense"])
     if acfg["setting"] not in DEFENSES.entry(tcfg["defense"]).settings:

@@ -38,6 +38,9 @@ class TbarParams:
     alpha_max: float = 4.0
     alpha_points: int = 21
     kappa: float = 0.95
+    # Keep tau in the trial folder, so `bench analyze alpha` can redraw the curves on any
+    # split without retraining.
+    save_vector: bool = True
 
     def __post_init__(self) -> None:
         if self.alpha_points < 2 or self.alpha_max <= self.alpha_min:
@@ -94,6 +97,9 @@ def trigger_set(ctx: DefenseContext, fraction: float, variant: str) -> TrainingS
     return TrainingSet.concat(trig, TrainingSet(x[:n], clean_y, idx[:n], torch.zeros(n, dtype=torch.bool)))
 
 
+VECTOR_FILE = "trigger_vector.safetensors"
+
+
 @torch.no_grad()
 def val_point(
     model, ctx: DefenseContext, x_val: torch.Tensor, x_val_trig: torch.Tensor, t_val: torch.Tensor
@@ -133,6 +139,11 @@ class Tbar(Defense):
         train(finetuned, trigger_loss(ctx), data.stream(p.batch_size, ctx.generator(), meter), spec)
         tau = taskvec.difference(taskvec.trainable_params(finetuned), theta_bd)
         del finetuned
+        if p.save_vector and ctx.out_dir is not None:
+            from safetensors.torch import save_file
+
+            ctx.out_dir.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.detach().cpu().contiguous() for k, v in tau.items()}, ctx.out_dir / VECTOR_FILE)
 
         x_val = ctx.val.x
         t_val = ctx.known.targets(ctx.val.labels)

@@ -1,0 +1,246 @@
+"""TBAR analyses: alpha curves from stored trigger vectors, weight disentanglement,
+cosine similarities between task vectors, and the efficiency table.
+
+Pure functions compute (`disentanglement_error`, `cosine_matrix`, `efficiency_rows`);
+the `run_*` functions rebuild models from the store and write their results as JSON
+under `<results>/analysis/`, which is what the report reads: every number in it comes
+from a stored record or one of these files.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from bench import metrics, taskvec
+from bench.data.base import load_dataset
+from bench.splits import defender_split, subseed
+from bench.store import Store, atomic_write_json
+from bench.train import TrainSpec, index_batches, train
+
+Vector = Mapping[str, torch.Tensor]
+
+# ---------------------------------------------------------------- pure parts
+
+
+def disagreement(pred_a: torch.Tensor, pred_b: torch.Tensor) -> float:
+    return metrics.share(pred_a != pred_b)
+
+
+def disentanglement_error(predict_at: Callable[[float, float, str], torch.Tensor], a_c: float, a_t: float) -> float:
+    """Weight disentanglement error (Ortiz-Jimenez et al. 2023) for two task vectors:
+
+        xi(a_c, a_t) = sum over d in {clean, triggered} of
+                       P_{x~d}[ f(theta_pre + a_c tau_c + a_t tau_t)(x) != f(theta_pre + a_d tau_d)(x) ]
+
+    `predict_at(a_c, a_t, d)` gives the predictions of theta_pre + a_c tau_c + a_t tau_t
+    on the inputs of distribution d ('clean' or 'triggered')."""
+    both_clean = predict_at(a_c, a_t, "clean")
+    both_trig = predict_at(a_c, a_t, "triggered")
+    return disagreement(both_clean, predict_at(a_c, 0.0, "clean")) + disagreement(
+        both_trig, predict_at(0.0, a_t, "triggered")
+    )
+
+
+def cosine_matrix(vectors: Mapping[str, Vector]) -> tuple[list[str], list[list[float]]]:
+    names = list(vectors)
+    return names, [[taskvec.cosine(vectors[a], vectors[b]) for b in names] for a in names]
+
+
+def efficiency_rows(records: Sequence[dict], min_backdoor_asr: float = 0.5) -> list[dict]:
+    """Per defense, over cells whose attack worked: samples, seconds, CA retention, ASR."""
+    rows: dict[str, list[dict]] = {}
+    for r in records:
+        c, m = r["config"], r.get("metrics") or {}
+        if r.get("status") != "ok" or c["attack"] == "none" or (m.get("backdoored") or {}).get("asr") is None:
+            continue
+        if m["backdoored"]["asr"] < min_backdoor_asr:
+            continue
+        rows.setdefault(c["defense"], []).append(r)
+    out = []
+    for defense, recs in sorted(rows.items()):
+        cost = [x["cost"] for x in recs]
+
+        def mean(vals: list[float]) -> float:
+            vals = [v for v in vals if v is not None]
+            return sum(vals) / len(vals) if vals else float("nan")
+
+        out.append(
+            {
+                "defense": defense,
+                "cells": len(recs),
+                "clean_samples": mean([c.get("clean_samples") for c in cost]),
+                "triggered_samples": mean([c.get("triggered_samples") for c in cost]),
+                "samples": mean([(c.get("clean_samples") or 0) + (c.get("triggered_samples") or 0) for c in cost]),
+                "wall_s": mean([c.get("wall_s") for c in cost]),
+                "ca_retention": mean([x["metrics"]["ca_retention"] for x in recs]),
+                "asr": mean([x["metrics"]["asr"] for x in recs]),
+                "asr_removal": mean([x["metrics"].get("asr_removal") for x in recs]),
+            }
+        )
+    return out
+
+
+# ---------------------------------------------------------------- alpha curves
+
+
+def _evaluate(model, setting, acfg, ds, attack, split) -> dict:
+    from bench.trial import evaluate
+
+    clf = setting.classifier(model, acfg["model"], acfg["model_params"], ds)
+    return evaluate(clf, attack, ds, split)
+
+
+def run_alpha(store: Store, record: dict, alphas: Sequence[float]) -> dict:
+    """CA and ASR (validation and test) and control accuracy against alpha, for one tbar
+    record, from its stored trigger vector and artifact (no retraining)."""
+    from bench.trial import load_artifact
+
+    vec_path = store.root / "trials" / record["trial_id"] / "trigger_vector.safetensors"
+    if not vec_path.exists():
+        raise FileNotFoundError(
+            f"{vec_path}: this tbar record has no stored trigger vector (recorded before vectors were kept); "
+            "rerun its grid to recompute it"
+        )
+    tau = load_file(vec_path)
+    acfg = {k: v for k, v in record["config"].items() if k not in ("defense", "defense_params")}
+    model, setting, ds, attack = load_artifact(acfg, store)
+    device = next(model.parameters()).device
+    tau = {k: v.to(device) for k, v in tau.items()}
+    params = dict(model.named_parameters())
+    theta_bd = {k: params[k].detach().clone() for k in tau}
+    rows = []
+    for a in alphas:
+        taskvec.load_params(model, taskvec.apply(theta_bd, tau, -a))
+        val = _evaluate(model, setting, acfg, ds, attack, ds.val)
+        test = _evaluate(model, setting, acfg, ds, attack, ds.test)
+        control = setting.control_accuracy(model, acfg["model"], acfg["model_params"], acfg["control_datasets"])
+        rows.append(
+            {
+                "alpha": round(float(a), 6),
+                "val_ca": val["ca"],
+                "val_asr": val["asr"],
+                "test_ca": test["ca"],
+                "test_asr": test["asr"],
+                "control": sum(control.values()) / len(control) if control else None,
+                **{f"control_{k}": v for k, v in control.items()},
+            }
+        )
+    return {
+        "kind": "alpha",
+        "trial_id": record["trial_id"],
+        "config": record["config"],
+        "chosen_alpha": (record.get("defense") or {}).get("alpha"),
+        "rows": rows,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+# ---------------------------------------------------------------- disentanglement
+
+
+def _finetune(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float, seed: int) -> Vector:
+    """theta(fine-tuned on (x, y)) - theta, over the image encoder (the head stays frozen)."""
+    base = taskvec.trainable_params(model)
+    tuned = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+
+    def batches():
+        for idx in index_batches(len(x), 64, gen):
+            yield x[idx], y[idx]
+
+    from bench.train import cross_entropy_loss
+
+    train(tuned, cross_entropy_loss, batches(), TrainSpec(steps=steps, lr=lr, batch_size=64, schedule="constant"))
+    return taskvec.difference(taskvec.trainable_params(tuned), base)
+
+
+def run_disentanglement(
+    model_name: str,
+    model_params: dict,
+    dataset: str,
+    attack_cfgs: dict[str, dict],
+    grid: Sequence[float],
+    steps: int,
+    lr: float,
+    seed: int = 0,
+    n_eval: int = 500,
+    defender_fraction: float = 0.25,
+    progress: Callable[[str], None] = lambda m: None,
+) -> dict:
+    """tau_c (theta_pre fine-tuned on clean defender data) and one tau_t per attack
+    (theta_pre fine-tuned on triggered defender images labelled with the target), the
+    xi heatmap of each (tau_c, tau_t) pair on `grid` x `grid`, and the cosine matrix."""
+    from bench.settings import FinetuneSetting
+    from bench.trial import build_attack
+
+    ds = load_dataset(dataset)
+    setting = FinetuneSetting()
+    pre = setting.victim(model_name, model_params, ds, subseed(seed, "init"))
+    pool_idx, _ = defender_split(len(ds.train), defender_fraction, seed)
+    pool = ds.train.subset(pool_idx)
+    progress("fine-tuning theta_pre on clean data (tau_c)")
+    tau_c = _finetune(pre, pool.x, pool.labels, steps, lr, subseed(seed, "tau_c"))
+
+    val_x, val_y = ds.val.x[:n_eval], ds.val.labels[:n_eval]
+    theta_pre = taskvec.trainable_params(pre)
+    vectors: dict[str, Vector] = {"clean": tau_c}
+    heatmaps = {}
+    for name, acfg in attack_cfgs.items():
+        attack = build_attack(acfg, tuple(ds.train.images.shape[1:]))
+        if attack.needs_fitting or not attack.has_trigger:
+            continue
+        t = attack.params.target
+        keep = pool.labels != t
+        progress(f"fine-tuning theta_pre on {name}-triggered data (tau_t)")
+        tau_t = _finetune(
+            pre, attack.apply(pool.x[keep]), torch.full_like(pool.labels[keep], t), steps, lr, subseed(seed, name)
+        )
+        vectors[name] = tau_t
+        inputs = {"clean": val_x, "triggered": attack.apply(val_x[val_y != t])}
+        cache: dict[tuple[float, float, str], torch.Tensor] = {}
+
+        def predict_at(a_c: float, a_t: float, d: str, tau_t=tau_t, inputs=inputs, cache=cache) -> torch.Tensor:
+            key = (a_c, a_t, d)
+            if key not in cache:
+                params = taskvec.add(taskvec.scale(tau_c, a_c), taskvec.scale(tau_t, a_t))
+                taskvec.load_params(pre, taskvec.apply(theta_pre, params, 1.0))
+                cache[key] = metrics.predict(pre, inputs[d])
+            return cache[key]
+
+        heatmaps[name] = [[disentanglement_error(predict_at, a_c, a_t) for a_t in grid] for a_c in grid]
+        taskvec.load_params(pre, theta_pre)
+    names, cos = cosine_matrix(vectors)
+    return {
+        "kind": "disentanglement",
+        "model": model_name,
+        "model_params": model_params,
+        "dataset": dataset,
+        "seed": seed,
+        "steps": steps,
+        "lr": lr,
+        "n_eval": n_eval,
+        "grid": list(grid),
+        "xi": heatmaps,
+        "cosine": {"names": names, "matrix": cos},
+        "norms": {k: taskvec.norm(v) for k, v in vectors.items()},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def save(result: dict, store: Store, name: str) -> Path:
+    path = store.root / "analysis" / f"{name}.json"
+    atomic_write_json(path, result)
+    return path
+
+
+def finite(v) -> bool:
+    return v is not None and not (isinstance(v, float) and math.isnan(v))

@@ -1,0 +1,122 @@
+"""TBAR analyses: the disentanglement error, cosine matrices, efficiency rows, and the
+analyze/report commands on a tiny grid."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bench import analysis
+
+
+def _fake_predict(shift_clean: float, shift_trig: float):
+    """Predictions of a fake model family: a label flips when a weighted sum crosses 1."""
+    base = {"clean": torch.arange(40) % 4, "triggered": torch.arange(30) % 3}
+
+    def predict_at(a_c: float, a_t: float, d: str) -> torch.Tensor:
+        pred = base[d].clone()
+        s = a_c * shift_clean + a_t * shift_trig
+        if s > 1:
+            pred[: int(10 * min(s, 3))] += 1
+        return pred
+
+    return predict_at
+
+
+@given(st.floats(0, 2), st.floats(0, 2))
+@settings(max_examples=30, deadline=None)
+def test_xi_is_zero_at_the_origin_and_bounded(shift_c, shift_t):
+    f = _fake_predict(shift_c, shift_t)
+    assert analysis.disentanglement_error(f, 0.0, 0.0) == 0.0
+    for a_c, a_t in [(0.5, 0.5), (1.0, 1.0), (0.0, 1.0)]:
+        assert 0.0 <= analysis.disentanglement_error(f, a_c, a_t) <= 2.0
+
+
+def test_xi_counts_disagreement_on_each_distribution():
+    # The joint model differs from the clean-only model on 10 of 40 clean inputs and
+    # from the trigger-only model on 10 of 30 triggered inputs.
+    def predict_at(a_c, a_t, d):
+        n = 40 if d == "clean" else 30
+        pred = torch.zeros(n, dtype=torch.long)
+        if a_c > 0 and a_t > 0:
+            pred[:10] = 1
+        return pred
+
+    assert analysis.disentanglement_error(predict_at, 1.0, 1.0) == pytest.approx(10 / 40 + 10 / 30)
+
+
+def test_cosine_matrix_has_a_unit_diagonal_and_is_symmetric():
+    torch.manual_seed(0)
+    vecs = {n: {"w": torch.randn(5, 3), "b": torch.randn(3)} for n in ("clean", "badnets", "blended")}
+    names, mat = analysis.cosine_matrix(vecs)
+    assert names == ["clean", "badnets", "blended"]
+    for i in range(3):
+        assert mat[i][i] == pytest.approx(1.0)
+        for j in range(3):
+            assert mat[i][j] == pytest.approx(mat[j][i])
+            assert -1.0 - 1e-9 <= mat[i][j] <= 1.0 + 1e-9
+
+
+def test_efficiency_rows_use_only_cells_whose_attack_worked():
+    def rec(attack, defense, bd_asr, clean, trig):
+        return {"status": "ok", "config": {"attack": attack, "defense": defense},
+                "metrics": {"backdoored": {"asr": bd_asr}, "asr": 0.1, "ca_retention": 0.9, "asr_removal": 0.8},
+                "cost": {"clean_samples": clean, "triggered_samples": trig, "wall_s": 2.0}}  # fmt: skip
+
+    rows = analysis.efficiency_rows(
+        [
+            rec("badnets", "tbar", 0.97, 0, 147),
+            rec("wanet", "tbar", 0.02, 0, 147),
+            rec("badnets", "finetune", 0.97, 2000, 0),
+        ]
+    )
+    by = {r["defense"]: r for r in rows}
+    assert by["tbar"]["cells"] == 1 and by["tbar"]["samples"] == 147
+    assert by["finetune"]["samples"] == 2000
+
+
+SUITE = """
+name: tinyana
+models: [tiny-clip]
+datasets: [shapes]
+settings: [finetune]
+attacks: [badnets]
+defenses: [none, tbar, finetune]
+control_datasets: [colors]
+model_params: {tiny-clip: {pretrain_steps: 30, pretrain_batch_size: 64}}
+setting_params: {finetune: {steps: 40, lr: 0.001}}
+defense_params: {tbar: {steps: 5, alpha_points: 4}, finetune: {budget_x: 1, epochs: 1}}
+"""
+
+
+@pytest.mark.slow
+def test_analyze_and_report_run_from_the_store(tmp_path):
+    (tmp_path / "tinyana.yaml").write_text(SUITE)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "BENCH_THREADS": "2"}
+
+    def bench(*args):
+        r = subprocess.run([sys.executable, "-m", "bench.cli", *args, "--suite", "tinyana.yaml", "--results", "res"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
+        assert r.returncode == 0, r.stderr[-3000:]
+        return r
+
+    bench("run", "--executor", "serial", "--leaderboards", "lb")
+    bench("analyze", "alpha", "--attacks", "badnets", "--out", "lb/tbar-analysis")
+    bench("analyze", "disentanglement", "--attacks", "badnets,blended", "--grid", "0,1", "--steps", "5",
+          "--out", "lb/tbar-analysis")  # fmt: skip
+    bench("report", "tbar", "--out", "lb")
+    stored = {p.name: json.loads(p.read_text()) for p in (tmp_path / "res" / "analysis").glob("*.json")}
+    alpha = next(v for k, v in stored.items() if k.startswith("alpha-"))
+    assert len(alpha["rows"]) == 4 and alpha["chosen_alpha"] in [r["alpha"] for r in alpha["rows"]]
+    assert {"val_ca", "val_asr", "test_ca", "test_asr", "control"} <= set(alpha["rows"][0])
+    dis = next(v for k, v in stored.items() if k.startswith("disentanglement-"))
+    assert dis["xi"]["badnets"][0][0] == 0.0  # xi(0, 0) = 0: both sides are theta_pre
+    assert [dis["cosine"]["matrix"][i][i] for i in range(3)] == pytest.approx([1.0, 1.0, 1.0])
+    report = (tmp_path / "lb" / "tbar-report.md").read_text()
+    assert "The paper's claims, point by point" in report and "tbar-analysis/alpha-" in report
+    assert list((tmp_path / "lb" / "tbar-analysis").glob("*.png"))
