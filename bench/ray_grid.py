@@ -116,7 +116,6 @@ def _searcher_class():
             self.waiting = waiting  # artifact id -> stage-2 units that need it
             self.base = base
             self.live: dict[str, dict] = {}
-            self.finished_units: list[tuple[dict, dict | None]] = []
 
         def suggest(self, trial_id: str) -> dict | None:
             if self.queue:
@@ -139,7 +138,6 @@ def _searcher_class():
             unit = self.live.pop(trial_id, None)
             if unit is None:
                 return
-            self.finished_units.append((unit, None if error else result))
             if unit["stage"] == 1:
                 deps = self.waiting.pop(unit["aid"], [])
                 if not error and result and result.get("ok"):

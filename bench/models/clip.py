@@ -91,9 +91,14 @@ def clip_inputs(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     32 px dataset on a 224 px ViT is upsampled, as CLIP's preprocessing would) and
     normalised with its statistics."""
     mean, std, side = input_spec(model)
-    if x.shape[-1] != side or x.shape[-2] != side:
-        x = F.interpolate(x, size=(side, side), mode="bicubic", align_corners=False).clamp(0, 1)
-    return normalize_images(x, mean, std)
+    return normalize_images(resize_to(x, side), mean, std)
+
+
+def resize_to(x: torch.Tensor, side: int | None) -> torch.Tensor:
+    """[0, 1] images resized (bicubic, clamped) to side x side; unchanged if already so."""
+    if side is None or (x.shape[-1] == side and x.shape[-2] == side):
+        return x
+    return F.interpolate(x, size=(side, side), mode="bicubic", align_corners=False).clamp(0, 1)
 
 
 @torch.no_grad()
@@ -131,9 +136,7 @@ class ZeroShotClassifier(nn.Module):
         self.mean, self.std, self.image_size = tuple(mean), tuple(std), image_size
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        side = self.image_size
-        if side is not None and (x.shape[-1] != side or x.shape[-2] != side):
-            x = F.interpolate(x, size=(side, side), mode="bicubic", align_corners=False).clamp(0, 1)
+        x = resize_to(x, self.image_size)
         return F.normalize(self.visual(normalize_images(x, self.mean, self.std)), dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

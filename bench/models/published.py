@@ -14,7 +14,6 @@ needs unpickling (a pickled module, a TorchScript archive) is refused.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import pickle
@@ -26,6 +25,7 @@ import torch
 from torch import nn
 
 from bench.registry import MODELS
+from bench.store import file_digest
 
 # open_clip's names whose tokenizer is the CLIP BPE that `bench.models.clip.tokenize` uses.
 PUBLISHED = {
@@ -149,7 +149,7 @@ def load_open_clip(name: str, params: OpenClipParams) -> tuple[nn.Module, dict]:
                 f"{path} does not fit {name}: {len(missing)} missing keys (e.g. {missing[:2]}), "
                 f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})"
             )
-        info["weights_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+        info["weights_sha256"] = file_digest(path)  # streamed: ViT-L weights are GBs
     if cfg.get("mean"):
         open_clip.set_model_preprocess_cfg(model, {**open_clip.get_model_preprocess_cfg(model), **cfg})
     return model.eval(), info
