@@ -64,9 +64,14 @@ def _unit_trainable(config: dict) -> dict:
     import ray
     import torch
 
-    torch.set_num_threads(config["threads"])
     # Workers on other nodes do not inherit the driver's environment: carry it.
     os.environ.update(config["env"])
+    from bench import repro
+
+    if repro.enabled():
+        repro.configure_torch()  # one thread, deterministic: the serial executor does the same
+    else:
+        torch.set_num_threads(config["threads"])
     from bench import runtime
     from bench.cli import load_plugins
 
@@ -198,7 +203,16 @@ def _init_ray(opts: RayOptions) -> bool:
     # Tune's own console reporter would print over our progress display; the legacy
     # engine at verbose=0 prints nothing.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    from bench import repro
+
+    # The pinned instruction sets must reach every worker before it imports torch.
+    pinned = {k: os.environ[k] for k in (repro.SWITCH, *repro.PINNED_ENV) if k in os.environ}
+    kwargs = {
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "configure_logging": False,
+        "runtime_env": {"env_vars": pinned},
+    }
     if address:
         ray.init(address=address, **kwargs)
     else:
@@ -244,8 +258,10 @@ def run_ray(plan: Plan, store: Store, opts: RayOptions, events: Events = Events(
                     }
                 )
                 waiting[aid] = units
+        from bench import repro
+
         env_keys = ("BENCH_DATA_ROOT", "BENCH_ALLOW_DOWNLOAD", "BENCH_DEVICE", "BENCH_COMPILE", "BENCH_CACHE",
-                    "HF_HUB_OFFLINE")  # fmt: skip
+                    "HF_HUB_OFFLINE", repro.SWITCH, *repro.PINNED_ENV)  # fmt: skip
         env = {k: os.environ[k] for k in env_keys if k in os.environ}
         base = {"root": str(store.root.resolve()), "threads": opts.threads, "env": env}
         searcher = _searcher_class()(ready, waiting, base)

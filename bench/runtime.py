@@ -129,10 +129,27 @@ def peak_memory() -> dict[str, float]:
     return out
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), for the provenance of records."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
 def describe() -> dict:
     d = {"device": _CURRENT.device, "channels_last": _CURRENT.channels_last, "compile": _CURRENT.compile}
+    d["cpu"] = f"{cpu_model()} ({os.cpu_count()} cores)"
     if _CURRENT.device.startswith("cuda"):
         d["gpu"] = torch.cuda.get_device_name(torch.device(_CURRENT.device))
-    d["torch_threads"] = torch.get_num_threads()
+    from bench import repro
+
+    d.update(repro.describe())
     d["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
     return d
