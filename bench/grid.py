@@ -166,6 +166,31 @@ def prepare_work(plan: Plan, store: Store) -> Work:
     return work
 
 
+def dry_run(plan: Plan, store: Store) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """What running `plan` would do, read from the store alone (nothing is written):
+    (action, label) per attack artifact and per trial. Artifacts: `compute`, `reuse`, or
+    `not needed` (every trial of it is stored); trials: `reuse`, `compute`, or `recompute`
+    with the reason (a failed or unreadable record)."""
+    needed: set[str] = set()
+    trials = []
+    for tcfg in plan.trials:
+        st = store.record_state(trial_id(tcfg))
+        if st.state == "ok":
+            action = "reuse"
+        else:
+            needed.add(artifact_id(tcfg["artifact"]))
+            action = {"missing": "compute", "failed": "recompute (stored record failed)"}.get(
+                st.state, f"recompute ({st.reason})"
+            )
+        trials.append((action, trial_label(tcfg)))
+    artifacts = []
+    for acfg in plan.artifacts:
+        aid = artifact_id(acfg)
+        action = "reuse" if store.artifact_done(aid) else "compute" if aid in needed else "not needed"
+        artifacts.append((action, artifact_label(acfg)))
+    return artifacts, trials
+
+
 @dataclass
 class Events:
     """How an executor reports: a unit starting, a record landing, a progress line."""
