@@ -46,9 +46,14 @@ def _params(registry, name: str, overrides: dict, where: str) -> dict:
 
 def parse_seeds(spec: str) -> list[int]:
     try:
-        return [int(s) for s in spec.split(",") if s.strip()]
+        seeds = [int(s) for s in spec.split(",") if s.strip()]
     except ValueError:
-        raise ValueError(f"--seeds must be a comma list of integers, got {spec!r}") from None
+        seeds = [-1]
+    if not seeds or min(seeds) < 0:
+        from bench.config import ConfigError
+
+        raise ConfigError(f"--seeds {spec!r} is not allowed; allowed: a comma list of integers >= 0, e.g. 0,1,2")
+    return seeds
 
 
 def model_setting_pairs(models: list[str], settings: list[str], plan: Plan) -> set[tuple[str, str]]:
