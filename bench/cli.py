@@ -240,20 +240,21 @@ def _dry_run(plan, store, suite: str, problems: list[str]) -> int:
 
     artifacts, trials = dry_run(plan, store)
     out.print(f"suite {suite}: {len(artifacts)} attack artifacts, {len(trials)} trials -> {store.root} (dry run)",
-              highlight=False)  # fmt: skip
+              highlight=False, soft_wrap=True)  # fmt: skip
     for title, rows in (("attack artifacts (stage 1)", artifacts), ("trials (stage 2)", trials)):
         out.print(title + ":", highlight=False)
         for action, label in rows:
-            out.print(f"  {action:<10}  {label}", highlight=False)
+            out.print(f"  {action:<10}  {label}", highlight=False, soft_wrap=True)
     count = lambda rows, word: sum(a.startswith(word) for a, _ in rows)  # noqa: E731
     out.print(
         f"would compute {count(artifacts, 'compute')} artifacts and "
         f"{count(trials, 'compute') + count(trials, 'recompute')} trials; would reuse {count(artifacts, 'reuse')} "
         f"artifacts and {count(trials, 'reuse')} trials",
         highlight=False,
+        soft_wrap=True,
     )
     for p in problems:
-        out.print(f"missing (a real run stops here): {p}", highlight=False)
+        out.print(f"missing (a real run stops here): {p}", highlight=False, soft_wrap=True)
     return 0
 
 

@@ -119,8 +119,11 @@ def test_every_option_has_help_text_and_shows_its_default():
 
 
 def test_run_dry_run_lists_the_grid_and_computes_nothing(workdir, tmp_path):
-    r = _bench("run", "--dry-run", "--attacks", "badnets,none", "--defenses", "tbar", "--results",
-               str(tmp_path / "res"), cwd=tmp_path)  # fmt: skip
+    (tmp_path / "dry.yaml").write_text(
+        "name: dry\nmodels: [tiny-clip]\ndatasets: [shapes]\nsettings: [finetune]\ncontrol_datasets: [colors]\n"
+    )
+    r = _bench("run", "--suite", "dry.yaml", "--dry-run", "--attacks", "badnets,none", "--defenses", "tbar",
+               "--results", str(tmp_path / "res"), cwd=tmp_path)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "tiny-clip/shapes/finetune/badnets/seed0" in r.stdout
     assert "compute     tiny-clip/shapes/finetune/badnets/tbar/seed0" in r.stdout
