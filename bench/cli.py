@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -13,22 +14,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bench.config import ConfigError, load_suite, suite_names
-from bench.registry import UnknownNameError
+from bench.registry import UnknownNameError, load_plugins
 from bench.store import StorageError
 
 console = Console(stderr=True, soft_wrap=True)
 out = Console()
-
-
-def load_plugins() -> None:
-    # Importing these packages registers the built-in methods, data and models.
-    import attacks  # noqa: F401
-    import bench.data.builtin
-    import bench.data.real
-    import bench.models.published
-    import bench.models.zoo
-    import bench.settings  # noqa: F401
-    import defenses  # noqa: F401
 
 
 def _threads() -> None:
@@ -49,12 +39,30 @@ def cmd_list(args: argparse.Namespace) -> int:
             table.add_row(name, load_suite(name).description)
         out.print(table)
         return 0
+    if args.what == "plugins":
+        return _list_plugins()
     reg = {"attacks": ATTACKS, "defenses": DEFENSES, "datasets": DATASETS, "models": MODELS, "settings": SETTINGS}[
         args.what
     ]
     table = Table(args.what[:-1], "settings", "description")
     for e in reg:
         table.add_row(e.name, ",".join(e.settings) or "-", e.description)
+    out.print(table)
+    return 0
+
+
+def _list_plugins() -> int:
+    from bench.registry import plugin_status
+
+    plugins = plugin_status()
+    if not plugins:
+        out.print("no plugins installed (entry points in groups bench.attacks, bench.defenses, bench.datasets, "
+                  "bench.models; see the README's 'Writing a plugin')")  # fmt: skip
+        return 0
+    table = Table("plugin", "package", "entry point", "status", "registered")
+    for p in plugins:
+        status = p.status if p.status == "ok" else f"[red]{p.status}[/]"
+        table.add_row(p.name, p.package, f"{p.group}: {p.value}", status, ", ".join(p.registered) or "-")
     out.print(table)
     return 0
 
@@ -112,6 +120,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.seeds,
         getattr(args, "precision", None),
     )
+    _apply_environment(args)  # before planning: input files under --data-root enter the trial ids
     plan = plan_grid(suite, sel)
     by_reason: dict[str, list[str]] = {}
     for cell, reason in plan.skipped:
@@ -122,7 +131,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not plan.trials:
         console.print("[red]nothing to run[/]: every requested cell was skipped")
         return 1
-    _apply_environment(args)
+    from bench import runtime
+
+    runtime.unit_threads()  # a bad BENCH_THREADS is an error now, not in every unit
     problems = preflight(plan)
     if problems:
         console.print(f"bench: error: {len(problems)} required file(s) missing; nothing was run:", highlight=False)
@@ -140,7 +151,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _threads()
     console.print(
         f"suite [bold]{suite.name}[/]: {len(plan.artifacts)} attack artifacts, {len(plan.trials)} trials "
-        f"-> {store.root} ({args.executor} executor)"
+        f"-> {store} ({args.executor} executor)"
     )
     with Progress(
         TextColumn("[bold]{task.fields[label]}"),
@@ -174,19 +185,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.summary_json:
         from bench.store import atomic_write_json
 
-        atomic_write_json(
-            Path(args.summary_json),
-            {
-                "executor": summary.executor,
-                "workers": summary.workers,
-                "wall_s": summary.wall_s,
-                "compute_s": summary.compute_s,
-                "overhead_share": summary.overhead_share,
-                "computed": summary.computed,
-                "reused": summary.reused,
-                "failed": len(summary.failed),
-            },
+        with contextlib.suppress(OSError) if summary.aborted else contextlib.nullcontext():
+            atomic_write_json(
+                Path(args.summary_json),
+                {
+                    "executor": summary.executor,
+                    "workers": summary.workers,
+                    "wall_s": summary.wall_s,
+                    "compute_s": summary.compute_s,
+                    "overhead_share": summary.overhead_share,
+                    "computed": summary.computed,
+                    "reused": summary.reused,
+                    "failed": len(summary.failed),
+                    "aborted": summary.aborted,
+                },
+            )
+    if summary.aborted:  # the storage refused a write: one line, no leaderboard, exit 1
+        console.print(
+            f"bench: error: {summary.aborted}; the grid stopped with {summary.computed + summary.reused} of "
+            f"{len(plan.trials)} trials stored ({summary.computed} in this run) and nothing partial written; "
+            "once it can write again, rerun the same command to resume",
+            highlight=False,
+            soft_wrap=True,
         )
+        return 1
     for path, reason in summary.corrupt:
         console.print(f"[yellow]recomputed[/] {path}: {reason}", highlight=False)
     console.print(
@@ -212,7 +234,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     store = Store(args.results)
     records = leaderboard.select_records(store.records(), args.suite)
     if not records:
-        console.print(f"[red]no records[/] for suite {args.suite!r} under {store.root}")
+        console.print(f"[red]no records[/] for suite {args.suite!r} under {store}")
         return 1
     paths = leaderboard.write(records, args.suite, Path(args.leaderboards), store)
     sys.stdout.write(Path(paths["markdown"]).read_text())
@@ -279,7 +301,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         ]  # fmt: skip
         if not records:
             console.print(f"bench: error: no ok {args.defense!r} records for attacks {sorted(attacks)} of suite "
-                          f"{suite.name!r} under {store.root}; run the grid first")  # fmt: skip
+                          f"{suite.name!r} under {store}; run the grid first")  # fmt: skip
             return 1
         for r in sorted(records, key=lambda r: r["config"]["attack"]):
             c = r["config"]
@@ -407,8 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.set_defaults(func=cmd_run)
 
-    ls = sub.add_parser("list", help="list registered attacks, defenses, datasets, models, settings or suites")
-    ls.add_argument("what", choices=["attacks", "defenses", "datasets", "models", "settings", "suites"])
+    ls = sub.add_parser("list", help="list registered attacks, defenses, datasets, models, settings, suites or plugins")
+    ls.add_argument("what", choices=["attacks", "defenses", "datasets", "models", "settings", "suites", "plugins"])
     ls.set_defaults(func=cmd_list)
 
     lb = sub.add_parser("leaderboard", help="rebuild leaderboard tables from stored records")

@@ -317,7 +317,7 @@ def write(records: list[dict], suite: str, out_dir: Path, store=None) -> dict[st
     paths = {"markdown": out_dir / f"{suite}.md", "csv": out_dir / f"{suite}.csv", "html": out_dir / f"{suite}.html"}
     atomic_write_bytes(paths["markdown"], render_markdown(records, suite).encode())
     atomic_write_bytes(paths["csv"], csv_text(records).encode())
-    root = store.root if store is not None else None
+    root = store.local_root() if store is not None else None
     atomic_write_bytes(paths["html"], render_html(records, suite, root).encode())
     return paths
 

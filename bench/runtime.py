@@ -115,6 +115,36 @@ def place(model: nn.Module) -> nn.Module:
     return model
 
 
+def unit_threads() -> int:
+    """Torch intra-op threads inside every unit of grid work: BENCH_THREADS, default 1.
+
+    The same number under every executor, so an artifact's bytes do not depend on
+    whether Ray or the serial executor built it (a float reduction split over a
+    different number of threads rounds differently). Recorded in `worker.threads`."""
+    from bench.config import ConfigError
+
+    raw = os.environ.get("BENCH_THREADS", "1")
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ConfigError(f"BENCH_THREADS must be a positive integer, got {raw!r}")
+    return n
+
+
+@contextlib.contextmanager
+def fixed_threads() -> Iterator[int]:
+    """Within the block, torch uses `unit_threads()` intra-op threads."""
+    n = unit_threads()
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(saved)
+
+
 def reset_peak_memory() -> None:
     if torch.cuda.is_available() and _CURRENT.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
