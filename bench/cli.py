@@ -111,6 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.trial import trial_id
 
     suite = load_suite(args.suite)
+    store = Store(args.results)  # a bad --results is an error before anything else (nothing is created)
     sel = Selection(
         args.attacks,
         args.defenses,
@@ -140,7 +141,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         for p in problems:
             console.print(f"  {p}", highlight=False, soft_wrap=True)
         return 2
-    store = Store(args.results)
     ray_opts = None
     if args.executor == "ray":
         from bench.ray_grid import RayOptions

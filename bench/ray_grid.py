@@ -392,7 +392,15 @@ def run_ray(plan: Plan, store: Store, opts: RayOptions, events: Events = Events(
                 log_to_file=False,
             ),
         )
-        tuner.fit()
+        # Results travel through the store, never through Tune's result grid; a trial
+        # stopped with the grid has none, and Tune would warn about that.
+        analysis_log = logging.getLogger("ray.tune.analysis.experiment_analysis")
+        level = analysis_log.level
+        analysis_log.setLevel(logging.ERROR)
+        try:
+            tuner.fit()
+        finally:
+            analysis_log.setLevel(level)
     finally:
         _SINKS.pop(key, None)
         if started:

@@ -137,6 +137,7 @@ def save_weights(model: nn.Module, stem: Path, sidecar: dict) -> None:
         save_file(state, tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
         os.replace(tmp, stem.with_suffix(".safetensors"))
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -208,9 +209,13 @@ def quarantine(paths: list[Path], folder: Path, reason: str) -> Path | None:
         return None
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     dest = Path(folder) / f"{stamp}-{present[0].stem}-{os.getpid()}"
-    dest.mkdir(parents=True, exist_ok=True)
-    for p in present:
-        os.replace(p, dest / p.name)
+    if len(present) == 1 and present[0].is_dir():  # a whole folder (an artifact): moved as it is
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(present[0], dest)
+    else:
+        dest.mkdir(parents=True, exist_ok=True)
+        for p in present:
+            os.replace(p, dest / p.name)
     log.warning("quarantined %s -> %s: %s; it will be rebuilt", ", ".join(map(str, present)), dest, reason)
     return dest
 
@@ -306,7 +311,9 @@ class Store:
             base.mkdir(parents=True, exist_ok=True)
             for stale in base.glob(f".build-{artifact_id}-*"):  # left by a killed builder (we hold the claim)
                 shutil.rmtree(stale, ignore_errors=True)
-            return Path(tempfile.mkdtemp(prefix=f".build-{artifact_id}-", dir=base))
+            build = Path(tempfile.mkdtemp(prefix=f".build-{artifact_id}-", dir=base))
+            os.chmod(build, 0o755)  # mkdtemp makes 0700; results are meant to be shared
+            return build
         except OSError as e:
             raise storage_write_error(e, base) from None
 
