@@ -404,8 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--results",
         default="results",
-        help="storage root for artifacts and records: a folder (shared by all nodes on a cluster) "
-        "or a file:// URI (default: ./results)",
+        help="storage root for artifacts and records: a folder (shared by all nodes on a cluster), "
+        "a file:// URI, or s3://bucket/prefix (endpoint from AWS_ENDPOINT_URL) (default: ./results)",
     )
     r.add_argument(
         "--executor", choices=["ray", "serial"], default="ray", help="ray (default): Ray Tune; serial: in-process"
