@@ -338,8 +338,10 @@ def run_ray(plan: Plan, store: Store, opts: RayOptions, events: Events = Events(
                     }
                 )
                 waiting[aid] = units
+        # (Credentials are not carried: Tune writes trial configs to disk. Nodes bring their own.)
         env_keys = ("BENCH_DATA_ROOT", "BENCH_ALLOW_DOWNLOAD", "BENCH_DEVICE", "BENCH_COMPILE", "BENCH_CACHE",
-                    "HF_HUB_OFFLINE")  # fmt: skip
+                    "HF_HUB_OFFLINE", "BENCH_THREADS", "BENCH_CLAIM_LEASE_S", "AWS_ENDPOINT_URL",
+                    "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")  # fmt: skip
         env = {k: os.environ[k] for k in env_keys if k in os.environ}
         base = {"root": store.uri, "threads": opts.threads, "env": env}
         searcher = _searcher_class()(ready, waiting, base, key)

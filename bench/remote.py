@@ -208,9 +208,6 @@ class S3Store(Store):
         with ThreadPoolExecutor(8) as pool:
             return [r for r in pool.map(read, self._record_names()) if r is not None]
 
-    def count_records(self) -> int:
-        return len(self._record_names())
-
     # ------------------------------------------------------------ per-trial files
 
     def publish_trial_dir(self, trial_id: str) -> None:

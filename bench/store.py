@@ -365,9 +365,6 @@ class Store:
                 out.append(rec)
         return out
 
-    def count_records(self) -> int:
-        return len(list((self.root / "records").glob("*.json")))
-
     # ------------------------------------------------------------ per-trial files
 
     def trial_dir(self, trial_id: str) -> Path:
