@@ -89,6 +89,12 @@ class Attack(abc.ABC):
     def targets(self, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
         return target_labels(labels, self.params.target, num_classes, self.params.all_to_all)
 
+    def batch_poisoner(self, num_classes: int, default_rate: float):
+        """None, or a function (x, y, generator) -> (x, y) that poisons each training batch
+        afresh: for attacks whose reference training does so (WaNet). The engine then
+        trains on the clean attacker set through it instead of calling `poison`."""
+        return None
+
     def poison_rate(self, labels: torch.Tensor, default_rate: float) -> float:
         """The fraction of the train set to poison (the setting's default unless set)."""
         return self.params.poison_rate if self.params.poison_rate is not None else default_rate

@@ -56,6 +56,11 @@ class WanetParams(AttackParams):
     s: float = 0.5
     grid_rescale: float = 1.0
     cross_ratio: float = 2.0
+    # WaNet's reference training (Nguyen & Tran's train.py, BackdoorBench's wanet.py)
+    # poisons every batch afresh: the first p * batch samples of each shuffled batch get
+    # the warp and the target label, the next cross_ratio * p * batch a freshly drawn
+    # noise warp. False: one static draw of the train set (methods.md's wording).
+    dynamic: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -96,6 +101,26 @@ class Wanet(Attack):
             out.x[cross] = warp(out.x[cross], grids)
         out.other["noise_mode"] = cross
         return out
+
+    def batch_poisoner(self, num_classes: int, default_rate: float):
+        if not self.params.dynamic:
+            return None
+        _, h, _ = self.image_shape
+
+        def poison_batch(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator):
+            rate = self.params.poison_rate if self.params.poison_rate is not None else default_rate
+            n_bd = int(len(x) * rate)
+            n_cross = min(len(x) - n_bd, int(n_bd * self.params.cross_ratio))
+            x, y = x.clone(), y.clone()
+            if n_bd:
+                x[:n_bd] = self.apply(x[:n_bd])
+                y[:n_bd] = self.targets(y[:n_bd], num_classes)
+            if n_cross:
+                jitter = (torch.rand(n_cross, *self.grid.shape, generator=generator) * 2 - 1) / h
+                x[n_bd : n_bd + n_cross] = warp(x[n_bd : n_bd + n_cross], torch.clamp(self.grid[None] + jitter, -1, 1))
+            return x, y
+
+        return poison_batch
 
     def trigger_tensors(self) -> dict[str, torch.Tensor]:
         return {"noise": self.noise, "grid": self.grid}

@@ -242,3 +242,51 @@ def save(result: dict, store: Store, name: str) -> Path:
 
 def finite(v) -> bool:
     return v is not None and not (isinstance(v, float) and math.isnan(v))
+
+
+# ---------------------------------------------------------------- attack budgets
+
+
+def budget_configs(base: dict, multipliers: Sequence[float]) -> list[tuple[float, dict]]:
+    """Stage-1 configs of one cell with the attacker's training length (epochs) scaled
+    by each multiplier; the 1x config is the suite's own artifact (same id, reused)."""
+    out = []
+    for k in multipliers:
+        cfg = copy.deepcopy(base)
+        if k != 1:
+            sp = cfg["setting_params"]
+            if sp.get("steps"):
+                sp["steps"] = max(1, round(sp["steps"] * k))
+            else:
+                sp["epochs"] = sp["epochs"] * k
+        out.append((k, cfg))
+    return out
+
+
+def run_budget(store: Store, cells: Sequence[dict], multipliers: Sequence[float], progress=lambda m: None) -> dict:
+    """ASR and CA of each attack cell against its training budget (stage-1 artifacts,
+    built or reused through the store). Shows a shortfall instead of asserting it."""
+    from bench.trial import artifact_id, run_attack
+
+    rows = []
+    for base in cells:
+        for k, cfg in budget_configs(base, multipliers):
+            progress(f"{base['attack']}/{base['setting']}/seed{base['seed']}: {k}x budget")
+            meta = run_attack(cfg, store, progress)
+            m = meta["metrics"]
+            rows.append(
+                {
+                    "model": cfg["model"],
+                    "dataset": cfg["dataset"],
+                    "setting": cfg["setting"],
+                    "attack": cfg["attack"],
+                    "seed": cfg["seed"],
+                    "budget_x": k,
+                    "epochs": cfg["setting_params"]["epochs"],
+                    "steps": meta["training"]["steps"],
+                    "ca": m["ca"],
+                    "asr": m["asr"],
+                    "artifact_id": artifact_id(cfg),
+                }
+            )
+    return {"kind": "budget", "rows": rows, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}

@@ -22,9 +22,16 @@ out = Console()
 
 
 def _threads() -> None:
+    """Threads for work done in this process: one in the reproducibility mode (the same
+    as inside every Ray trial), else BENCH_THREADS or every core."""
     import torch
 
-    torch.set_num_threads(int(os.environ.get("BENCH_THREADS", os.cpu_count() or 1)))
+    from bench import repro
+
+    if repro.enabled():
+        repro.configure_torch()
+    else:
+        torch.set_num_threads(int(os.environ.get("BENCH_THREADS", os.cpu_count() or 1)))
 
 
 # ---------------------------------------------------------------- commands
@@ -132,9 +139,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not plan.trials:
         console.print("[red]nothing to run[/]: every requested cell was skipped")
         return 1
-    from bench import runtime
-
-    runtime.unit_threads()  # a bad BENCH_THREADS is an error now, not in every unit
     problems = preflight(plan)
     if problems:
         console.print(f"bench: error: {len(problems)} required file(s) missing; nothing was run:", highlight=False)
@@ -217,7 +221,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"harness overhead {100 * summary.overhead_share:.0f}% of worker time)"
     )
     records = leaderboard.select_records(store.records(), suite.name, {trial_id(t) for t in plan.trials})
-    paths = leaderboard.write(records, suite.name, Path(args.leaderboards), store)
+    # (an object-store root has no local folder of its own: there, ./leaderboards)
+    default_dir = Path("." if store.remote else store.root) / "leaderboards"
+    out_dir = Path(args.leaderboards) if args.leaderboards else default_dir
+    paths = leaderboard.write(records, suite.name, out_dir, store)
     sys.stdout.write(Path(paths["markdown"]).read_text())
     console.print("leaderboard: " + ", ".join(str(p) for p in paths.values()))
     for label, err in summary.failed:
@@ -250,7 +257,6 @@ def _check_leaderboard(args: argparse.Namespace) -> int:
 
     import pandas as pd
 
-    from bench import leaderboard
 
     suite = load_suite(args.suite)
     committed_path = Path(args.leaderboards) / f"{suite.name}.csv"
@@ -267,14 +273,19 @@ def _check_leaderboard(args: argparse.Namespace) -> int:
             console.print(f"[red]check failed[/]: the rerun of suite {suite.name!r} exited with {rc}")
             return 1
         fresh = (Path(tmp) / "leaderboards" / f"{suite.name}.csv").read_text()
-    problems = leaderboard.compare(pd.read_csv(committed_path), pd.read_csv(io.StringIO(fresh)), args.tolerance)
+    from bench.check import compare
+
+    problems = compare(pd.read_csv(committed_path), pd.read_csv(io.StringIO(fresh)), args.tolerance)
     if problems:
         console.print(f"[red]check failed[/]: {committed_path} differs from a fresh run of suite {suite.name!r}:")
         for line in problems:
             console.print(f"  {line}", highlight=False)
         console.print(f"regenerate it with: bench run --suite {suite.name}")
         return 1
-    console.print(f"[green]check passed[/]: {committed_path} matches a fresh run (tolerance {args.tolerance})")
+    console.print(
+        f"[green]check passed[/]: {committed_path} matches a fresh run (each number within its committed 95% CI "
+        f"over seeds, at least {args.tolerance}; counts exactly)"
+    )
     return 0
 
 
@@ -291,6 +302,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite)
     start = time.perf_counter()
     _threads()
+    if args.what == "budget":
+        return _analyze_budget(args, store, suite, out, start)
     if args.what == "alpha":
         from defenses.tbar import TbarParams
 
@@ -353,6 +366,37 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                                                for j, b in enumerate(names) if j > i))  # fmt: skip
         console.print(f"  -> {out / stem}.png, .csv")
     console.print(f"done in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _analyze_budget(args, store, suite, out: Path, start: float) -> int:
+    """ASR against the attacker's training budget for the named attacks (stage 1 only)."""
+    import csv
+    import io
+    import time
+
+    from bench import analysis, plots
+    from bench.grid import Selection, plan_grid
+    from bench.store import atomic_write_bytes
+
+    budgets = [float(b) for b in args.budgets.split(",")]
+    plan = plan_grid(suite, Selection(attacks=args.attacks, defenses="none", settings=args.settings, seeds=str(args.seed)))
+    cells = [a for a in plan.artifacts if a["attack"] != "none"]
+    result = analysis.run_budget(store, cells, budgets, progress=lambda m: console.print(m, highlight=False))
+    stem = f"attack-budget-{suite.name}-s{args.seed}"
+    analysis.save(result, store, stem)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(result["rows"][0]))
+    w.writeheader()
+    w.writerows(result["rows"])
+    atomic_write_bytes(out / f"{stem}.csv", buf.getvalue().encode())
+    atomic_write_bytes(out / f"{stem}.png", plots.budget(result))
+    for r in result["rows"]:
+        console.print(
+            f"  {r['setting']}/{r['attack']} {r['budget_x']}x ({r['epochs']:g} epochs): "
+            f"ASR {100 * (r['asr'] or 0):.1f}%, CA {100 * r['ca']:.1f}%", highlight=False
+        )
+    console.print(f"  -> {out / stem}.png, .csv in {time.perf_counter() - start:.0f} s")
     return 0
 
 
@@ -425,7 +469,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--compile", action="store_true", help="torch.compile each victim's forward")
     r.add_argument(
-        "--leaderboards", default="leaderboards", help="where leaderboard files go (default: ./leaderboards)"
+        "--leaderboards",
+        default=None,
+        help="where leaderboard files go (default: <results>/leaderboards; the committed pages are regenerated "
+        "with --leaderboards leaderboards)",
     )
     r.set_defaults(func=cmd_run)
 
@@ -442,12 +489,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="rerun the suite from scratch and compare with the committed <leaderboards>/<suite>.csv",
     )
-    lb.add_argument("--tolerance", type=float, default=0.02, help="--check: allowed absolute difference of accuracies")
+    lb.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.01,
+        help="--check: the smallest allowed difference of an accuracy; each may move by its committed 95%% CI over seeds",
+    )
     lb.add_argument("--executor", choices=["ray", "serial"], default="ray", help="--check: executor for the rerun")
     lb.set_defaults(func=cmd_leaderboard)
 
     an = sub.add_parser("analyze", help="TBAR analyses: alpha curves, weight disentanglement")
-    an.add_argument("what", choices=["alpha", "disentanglement"])
+    an.add_argument("what", choices=["alpha", "disentanglement", "budget"])
     an.add_argument("--suite", default="micro")
     an.add_argument("--results", default="results")
     an.add_argument("--out", default="leaderboards/tbar-analysis", help="where plots and CSVs go")
@@ -459,6 +511,10 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("--steps", type=int, default=150, help="disentanglement: fine-tuning steps per task vector")
     an.add_argument("--lr", type=float, default=3e-4, help="disentanglement: fine-tuning learning rate")
     an.add_argument("--seed", type=int, default=0)
+    an.add_argument("--settings", default=None, help="budget: comma list of settings (default: the suite's)")
+    an.add_argument(
+        "--budgets", default="0.25,0.5,1,2", help="budget: multiples of the suite's attack training epochs"
+    )
     an.set_defaults(func=cmd_analyze)
 
     rp = sub.add_parser("report", help="write leaderboards/tbar-report.md from stored records and analyses")
@@ -477,6 +533,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bench import repro
+
+    repro.apply_environment()  # before torch and numpy are imported: they read it once
     args = build_parser().parse_args(argv)
     if getattr(args, "steps", 1) is None:
         from bench.pretrain import PretrainConfig

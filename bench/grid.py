@@ -55,6 +55,22 @@ def parse_seeds(spec: str) -> list[int]:
         raise ValueError(f"--seeds must be a comma list of integers, got {spec!r}") from None
 
 
+def model_setting_pairs(models: list[str], settings: list[str], plan: Plan) -> set[tuple[str, str]]:
+    """The (model, setting) pairs whose kinds fit (a CLIP in the CLIP settings, a
+    classifier in `supervised`). A suite lists models and settings for each other: a
+    model is only reported as skipped when no selected setting takes it at all."""
+    pairs = set()
+    for model in models:
+        fits = [s for s in settings if SETTINGS.get(s)().check_model(model) is None]
+        pairs |= {(model, s) for s in fits}
+        if not fits:
+            reason = SETTINGS.get(settings[0])().check_model(model) if len(settings) == 1 else (
+                f"model {model!r} ({MODELS.entry(model).extra.get('kind')}) fits none of the settings {', '.join(settings)}"
+            )
+            plan.skipped.append((model, reason))
+    return pairs
+
+
 def plan_grid(suite: SuiteConfig, sel: Selection) -> Plan:
     attacks = ATTACKS.resolve(sel.attacks or suite.attacks)
     # Every table has the `none` row (methods.md section 3): it costs one evaluation.
@@ -65,9 +81,12 @@ def plan_grid(suite: SuiteConfig, sel: Selection) -> Plan:
     seeds = parse_seeds(sel.seeds) if sel.seeds else list(suite.seeds)
     precision = sel.precision or suite.precision
     plan = Plan()
+    pairs = model_setting_pairs(models, settings, plan)
     for model in models:
         for dataset in datasets:
             for setting in settings:
+                if (model, setting) not in pairs:
+                    continue
                 for attack in attacks:
                     for seed in seeds:
                         acfg = {
@@ -266,8 +285,8 @@ def _serial_units(work: Work, store: Store, summary: RunSummary, events: Events)
 # The two kinds of work, as functions of plain data: the serial executor calls them
 # in-process, the Ray executor inside its trials. Neither raises for a method's error;
 # both raise StoreWriteError when the storage refuses a write, which stops the grid.
-# Both run with the same fixed number of torch threads whatever the executor
-# (runtime.unit_threads), so an artifact's bytes do not depend on who built it.
+# Both run as the reproducibility mode says whatever the executor (runtime.fixed_threads:
+# one thread, deterministic algorithms), so an artifact's bytes do not depend on who built it.
 
 
 def attack_unit(acfg: dict, store: Store, progress: Callable[[str], None] = lambda m: None) -> dict:

@@ -23,38 +23,77 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def tradeoff(agg: pd.DataFrame, min_backdoor_asr: float = 0.5) -> bytes | None:
-    """CA retention (y) against ASR (x) per defense: the ideal corner is top left.
-
-    Only cells whose attack worked (backdoored ASR >= `min_backdoor_asr`) are drawn: a
-    defense cannot be judged on a backdoor that was never there."""
-    cells = ["model", "dataset", "setting", "attack"]
-    before = agg[agg["defense"] == "none"].set_index(cells)["asr"].rename("asr_before")
-    attacked = agg.join(before, on=cells)
-    attacked = attacked[(attacked["attack"] != "none") & attacked["asr"].notna()]
-    attacked = attacked[attacked["asr_before"] >= min_backdoor_asr]
-    if attacked.empty:
+def tradeoff(agg: pd.DataFrame) -> bytes | None:
+    """CA retention (y) against ASR (x) at each defense's own rule, one point per cell
+    whose attack took (the same rows as every average on the page): colour = defense,
+    marker = attack. The ideal corner is top left."""
+    pts = agg[(agg["attack"] != "none") & (agg["defense"] != "none") & (agg["n_took"] > 0) & agg["asr"].notna()]
+    if pts.empty:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    markers = "osD^v<>pPX*h"
-    for i, (defense, grp) in enumerate(sorted(attacked.groupby("defense"), key=lambda kv: kv[0])):
-        ax.scatter(
-            100 * grp["asr"],
-            100 * grp["ca_retention"],
-            label=defense,
-            marker=markers[i % len(markers)],
-            s=45,
-            alpha=0.8,
-        )
-    ax.set_xlabel("ASR after defense (%)")
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    markers = dict(zip(sorted(pts["attack"].unique()), "osD^v<>pPX*h", strict=False))
+    colors = dict(zip(sorted(pts["defense"].unique()), plt.get_cmap("tab10").colors + plt.get_cmap("Set2").colors, strict=False))
+    for r in pts.itertuples():
+        ax.scatter(100 * r.asr, 100 * r.ca_retention, marker=markers[r.attack], color=colors[r.defense], s=50, alpha=0.85)
+    for d, col in colors.items():
+        ax.scatter([], [], color=col, marker="s", label=d)
+    for a, mk in markers.items():
+        ax.scatter([], [], color="grey", marker=mk, label=a)
+    ax.set_xlabel("ASR after defense (%), own rule")
     ax.set_ylabel("CA retention (%)")
     ax.axvline(5, color="grey", lw=0.8, ls=":")
-    ax.axhline(90, color="grey", lw=0.8, ls=":")
-    ax.set_title(
-        f"Clean accuracy kept vs backdoor left\n(one point per cell whose attack reached ASR >= {100 * min_backdoor_asr:.0f}%)"
-    )
-    ax.legend(fontsize=8, ncol=2, loc="lower right")
+    ax.axhline(95, color="grey", lw=0.8, ls=":")
+    ax.set_title("Clean accuracy kept vs backdoor left (colour: defense, marker: attack; cells whose attack took)")
+    ax.legend(fontsize=7, ncol=2, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def curves(records: list[dict]) -> bytes | None:
+    """Each defense's validation trade-off curve (CA retention vs ASR over its knob), one
+    panel per attacked (model, setting, attack, seed 0 or the first seed) whose attack took."""
+    by_panel: dict[tuple, list[dict]] = {}
+    for r in records:
+        c, m = r["config"], r.get("metrics") or {}
+        bd = (m.get("backdoored") or {}).get("asr")
+        if r.get("status") != "ok" or c["attack"] == "none" or bd is None or bd < 0.5 or not r.get("curve"):
+            continue
+        by_panel.setdefault((c["model"], c["setting"], c["attack"], c["seed"]), []).append(r)
+    if not by_panel:
+        return None
+    first_seed: dict[tuple, int] = {}
+    for model, setting, attack, seed in by_panel:
+        k = (model, setting, attack)
+        first_seed[k] = min(seed, first_seed.get(k, seed))
+    panels = sorted(k for k in by_panel if k[3] == first_seed[k[:3]])
+    cols = min(4, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 3.0 * rows), squeeze=False, sharey=True)
+    names = sorted({r["config"]["defense"] for recs in by_panel.values() for r in recs} - {"none"})
+    colors = dict(zip(names, plt.get_cmap("tab10").colors + plt.get_cmap("Set2").colors, strict=False))
+    for ax, key in zip(axes.flat, panels, strict=False):
+        for r in sorted(by_panel[key], key=lambda r: r["config"]["defense"]):
+            d = r["config"]["defense"]
+            if d == "none":
+                continue
+            pts = r["curve"]
+            ref = pts[0]["ca"] or 1.0
+            xs = [100 * (p["asr"] if p["asr"] is not None else float("nan")) for p in pts]
+            ys = [100 * p["ca"] / ref for p in pts]
+            order = sorted(range(len(pts)), key=lambda i: -ys[i])
+            ax.plot([xs[i] for i in order], [ys[i] for i in order], marker=".", ms=3, lw=1, color=colors[d], label=d)
+        ax.axhline(95, color="grey", lw=0.7, ls=":")
+        ax.axhline(90, color="grey", lw=0.7, ls=":")
+        ax.set_title(f"{key[2]} ({key[0]}, {key[1]}, s{key[3]})", fontsize=8)
+        ax.set_xlabel("validation ASR (%)", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    axes[0][0].set_ylabel("validation CA retention (%)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=min(6, len(labels)), bbox_to_anchor=(0.5, -0.02))
+    fig.suptitle("Trade-off curves on validation (each defense over its strength knob; dotted: 95% and 90% retention)", fontsize=9)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     return _png(fig)
 
 
@@ -70,7 +109,7 @@ def alpha_curves(records: list[dict]) -> bytes | None:
     fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.7 * rows), squeeze=False, sharey=True)
     for ax, rec in zip(axes.flat, curves, strict=False):
         c = rec["config"]
-        alphas = [p["alpha"] for p in rec["curve"]]
+        alphas = [p.get("knob", p.get("alpha")) for p in rec["curve"]]
         ax.plot(alphas, [100 * p["ca"] for p in rec["curve"]], label="val CA", color="tab:blue")
         ax.plot(alphas, [100 * (p["asr"] or 0) for p in rec["curve"]], label="val ASR", color="tab:red")
         chosen = (rec.get("defense") or {}).get("alpha")
@@ -141,5 +180,28 @@ def disentanglement(result: dict) -> bytes:
             ax.text(j, i, f"{mat[i][j]:.2f}", ha="center", va="center", fontsize=7)
     ax.set_title("cosine of task vectors", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def budget(result: dict) -> bytes:
+    """Test ASR (and CA) of each attack cell against its training budget."""
+    rows = result["rows"]
+    cells = sorted({(r["model"], r["setting"], r["attack"]) for r in rows})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for cell in cells:
+        pts = sorted((r for r in rows if (r["model"], r["setting"], r["attack"]) == cell), key=lambda r: r["epochs"])
+        label = f"{cell[2]} ({cell[0]}, {cell[1]})"
+        axes[0].plot([r["epochs"] for r in pts], [100 * (r["asr"] or 0) for r in pts], marker="o", label=label)
+        axes[1].plot([r["epochs"] for r in pts], [100 * r["ca"] for r in pts], marker="o", label=label)
+    axes[0].axhline(85, color="grey", ls=":", lw=1)
+    axes[0].set_title("test ASR vs the attacker's training epochs")
+    axes[1].set_title("test CA vs the attacker's training epochs")
+    for ax in axes:
+        ax.set_xlabel("epochs of attack training")
+        ax.set_xscale("log", base=2)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("%")
+    axes[1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     return _png(fig)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.data import builtin
+from bench.data import builtin, scenes
 from bench.data.base import cache_dir, load_dataset
 from bench.models.clip import ClipArch, ZeroShotClassifier, build_clip, normalize_images, tokenize, zeroshot_weights
 from bench.runtime import fixed_threads
@@ -25,7 +25,7 @@ from bench.train import TrainSpec, train
 
 log = logging.getLogger(__name__)
 
-ZERO_SHOT_SETS = ("shapes", "colors", "digits")
+ZERO_SHOT_SETS = ("shapes", "scenes", "colors", "digits")
 
 
 @dataclass(frozen=True)
@@ -37,12 +37,18 @@ class PretrainConfig:
     warmup_steps: int = 100
     n_shapes: int = 24000
     digit_share: float = 0.15  # share of each batch drawn from the digits train split
+    # Captioned cluttered scenes (bench/data/scenes.py), disjoint from the `scenes` splits:
+    # without them the tower would never have seen clutter, and zero-shot on scenes fails.
+    n_scenes: int = 16000
+    scene_share: float = 0.4
     seed: int = 0
     arch: ClipArch = field(default_factory=ClipArch)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["arch"] = self.arch.to_dict()
+        if self.n_scenes:  # a changed scene generator is a different corpus, so another checkpoint
+            d["scene_style"] = scenes.style_key()
         return d
 
 
@@ -69,6 +75,7 @@ class CaptionStream:
     def __init__(self, cfg: PretrainConfig):
         self.cfg = cfg
         self.images, self.attrs, self.digits = builtin.corpus(cfg.n_shapes, cfg.seed)
+        self.scenes, self.scene_attrs = builtin.scene_corpus(cfg.n_scenes, cfg.seed) if cfg.n_scenes else (None, None)
         self.rng = np.random.default_rng(cfg.seed)
 
     def __iter__(self):
@@ -77,11 +84,17 @@ class CaptionStream:
     def __next__(self):
         cfg, rng = self.cfg, self.rng
         n_dig = round(cfg.batch_size * cfg.digit_share)
-        si = rng.integers(0, len(self.images), cfg.batch_size - n_dig)
+        n_scn = round(cfg.batch_size * cfg.scene_share) if self.scenes is not None else 0
+        si = rng.integers(0, len(self.images), cfg.batch_size - n_dig - n_scn)
+        ci = rng.integers(0, len(self.scenes), n_scn) if n_scn else np.zeros(0, np.int64)
         di = rng.integers(0, len(self.digits), n_dig)
         caps = [builtin.shape_caption(*self.attrs[i], rng) for i in si]
+        caps += [builtin.scene_caption(*(int(v) for v in self.scene_attrs[i][[0, 1, 3]]), rng) for i in ci]
         caps += [builtin.digit_caption(int(self.digits.labels[i]), rng) for i in di]
-        x = torch.cat([self.images[torch.as_tensor(si)], self.digits.images[torch.as_tensor(di)]]).float() / 255
+        parts = [self.images[torch.as_tensor(si)]]
+        if n_scn:
+            parts.append(self.scenes[torch.as_tensor(ci)])
+        x = torch.cat([*parts, self.digits.images[torch.as_tensor(di)]]).float() / 255
         # Digits get a small random shift so the tower cannot memorise 1097 images.
         shift = rng.integers(-2, 3, 2)
         x[-n_dig:] = torch.roll(x[-n_dig:], shifts=(int(shift[0]), int(shift[1])), dims=(2, 3))

@@ -59,11 +59,9 @@ class RayOptions:
 
     @property
     def threads(self) -> int:
-        # Not the trial's CPUs: every executor uses the same torch threads inside a unit
-        # (BENCH_THREADS, default 1), so an artifact's bytes do not depend on the executor.
-        from bench.runtime import unit_threads
-
-        return unit_threads()
+        # Torch threads follow the trial's CPUs when the reproducibility mode is off; in
+        # the mode (the default) every unit runs with one thread (bench.repro).
+        return max(1, int(self.cpus_per_trial))
 
 
 def _unit_trainable(config: dict) -> dict:
@@ -71,9 +69,14 @@ def _unit_trainable(config: dict) -> dict:
     import ray
     import torch
 
-    torch.set_num_threads(config["threads"])
     # Workers on other nodes do not inherit the driver's environment: carry it.
     os.environ.update(config["env"])
+    from bench import repro
+
+    if repro.enabled():
+        repro.configure_torch()  # one thread, deterministic: the serial executor does the same
+    else:
+        torch.set_num_threads(config["threads"])
     from bench import runtime
     from bench.registry import load_plugins
 
@@ -289,7 +292,16 @@ def _init_ray(opts: RayOptions) -> bool:
     # Tune's own console reporter would print over our progress display; the legacy
     # engine at verbose=0 prints nothing.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    from bench import repro
+
+    # The pinned instruction sets must reach every worker before it imports torch.
+    pinned = {k: os.environ[k] for k in (repro.SWITCH, *repro.PINNED_ENV) if k in os.environ}
+    kwargs = {
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "configure_logging": False,
+        "runtime_env": {"env_vars": pinned},
+    }
     if address:
         ray.init(address=address, **kwargs)
     else:
@@ -338,10 +350,12 @@ def run_ray(plan: Plan, store: Store, opts: RayOptions, events: Events = Events(
                     }
                 )
                 waiting[aid] = units
+        from bench import repro
+
         # (Credentials are not carried: Tune writes trial configs to disk. Nodes bring their own.)
         env_keys = ("BENCH_DATA_ROOT", "BENCH_ALLOW_DOWNLOAD", "BENCH_DEVICE", "BENCH_COMPILE", "BENCH_CACHE",
-                    "HF_HUB_OFFLINE", "BENCH_THREADS", "BENCH_CLAIM_LEASE_S", "AWS_ENDPOINT_URL",
-                    "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")  # fmt: skip
+                    "HF_HUB_OFFLINE", repro.SWITCH, *repro.PINNED_ENV, "BENCH_CLAIM_LEASE_S",
+                    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")  # fmt: skip
         env = {k: os.environ[k] for k in env_keys if k in os.environ}
         base = {"root": store.uri, "threads": opts.threads, "env": env}
         searcher = _searcher_class()(ready, waiting, base, key)

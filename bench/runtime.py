@@ -115,32 +115,20 @@ def place(model: nn.Module) -> nn.Module:
     return model
 
 
-def unit_threads() -> int:
-    """Torch intra-op threads inside every unit of grid work: BENCH_THREADS, default 1.
-
-    The same number under every executor, so an artifact's bytes do not depend on
-    whether Ray or the serial executor built it (a float reduction split over a
-    different number of threads rounds differently). Recorded in `worker.threads`."""
-    from bench.config import ConfigError
-
-    raw = os.environ.get("BENCH_THREADS", "1")
-    try:
-        n = int(raw)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise ConfigError(f"BENCH_THREADS must be a positive integer, got {raw!r}")
-    return n
-
-
 @contextlib.contextmanager
 def fixed_threads() -> Iterator[int]:
-    """Within the block, torch uses `unit_threads()` intra-op threads."""
-    n = unit_threads()
+    """Within the block (one unit of grid work), torch runs as the reproducibility mode
+    says (bench.repro: one thread, deterministic algorithms), whatever the executor set
+    for its process, so an artifact's bytes do not depend on whether Ray or the serial
+    executor built it (a reduction split over another number of threads rounds
+    differently). With the mode off (BENCH_REPRO=0) the executor's choice stands."""
+    from bench import repro
+
     saved = torch.get_num_threads()
-    torch.set_num_threads(n)
+    if repro.enabled():
+        repro.configure_torch()
     try:
-        yield n
+        yield torch.get_num_threads()
     finally:
         torch.set_num_threads(saved)
 
@@ -159,10 +147,27 @@ def peak_memory() -> dict[str, float]:
     return out
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), for the provenance of records."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
 def describe() -> dict:
     d = {"device": _CURRENT.device, "channels_last": _CURRENT.channels_last, "compile": _CURRENT.compile}
+    d["cpu"] = f"{cpu_model()} ({os.cpu_count()} cores)"
     if _CURRENT.device.startswith("cuda"):
         d["gpu"] = torch.cuda.get_device_name(torch.device(_CURRENT.device))
-    d["torch_threads"] = torch.get_num_threads()
+    from bench import repro
+
+    d.update(repro.describe())
     d["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
     return d

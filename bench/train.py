@@ -33,6 +33,8 @@ class TrainSpec:
     weight_decay: float = 0.0
     warmup_steps: int = 0
     schedule: str = "cosine"  # or "constant"
+    optimizer: str = "adamw"  # or "sgd" (with momentum; BackdoorBench's from-scratch regime)
+    momentum: float = 0.9
     # Fine-tunes of a trained model keep BatchNorm statistics fixed, so the
     # function is determined by the parameters alone and task vectors are exact.
     freeze_norm_stats: bool = True
@@ -42,6 +44,8 @@ class TrainSpec:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
 
 
 @dataclass
@@ -115,7 +119,10 @@ def train(
     stats = TrainStats()
     if spec.steps == 0:
         return stats
-    opt = torch.optim.AdamW(groups, lr=spec.lr, weight_decay=spec.weight_decay)
+    if spec.optimizer == "sgd":
+        opt = torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+    else:
+        opt = torch.optim.AdamW(groups, lr=spec.lr, weight_decay=spec.weight_decay)
     model.train()
     if spec.freeze_norm_stats:
         set_norm_eval(model)

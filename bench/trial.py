@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from attacks.base import Attack
-from bench import inputs, metrics, runtime
+from bench import curves, inputs, metrics, runtime, tradeoff
 from bench.config import from_dict
 from bench.data.base import LabeledDataset, Split, load_dataset
 from bench.registry import ATTACKS, DEFENSES, SETTINGS
@@ -82,6 +82,21 @@ def trigger_quality(attack: Attack, ds: LabeledDataset) -> dict[str, float] | No
     return metrics.perturbation_stats(x, attack.apply(x))
 
 
+def save_example(attack: Attack, ds: LabeledDataset, folder: Path) -> list[str]:
+    """A clean test image of a non-target class and its triggered copy, as PNGs: how the
+    trigger looks on the data (a white patch alone on a white page says little)."""
+    if not attack.has_trigger:
+        return []
+    from attacks.images import save_png
+
+    idx = int(torch.nonzero(ds.test.labels != attack.params.target)[0])
+    x = ds.test.x[idx : idx + 1]
+    scale = max(1, 96 // x.shape[-1])
+    save_png(x[0], folder / "example_clean.png", scale=scale)
+    save_png(attack.apply(x)[0], folder / "example_triggered.png", scale=scale)
+    return ["example_clean.png", "example_triggered.png"]
+
+
 def check_cell(acfg: dict) -> str | None:
     """None when the (model, dataset, setting, attack) cell can run, else the reason to skip it."""
     if acfg["setting"] not in ATTACKS.entry(acfg["attack"]).settings:
@@ -135,7 +150,7 @@ def _attack(acfg: dict, folder: Path, progress: Progress) -> dict:
         )
     data = setting.attack_training_set(ds, attack, acfg)
     training = from_dict(setting.Params, acfg["setting_params"], f"setting_params.{acfg['setting']}")
-    spec: TrainSpec = training.spec(freeze_norm_stats=not setting.attack_updates_norm_stats)
+    spec: TrainSpec = training.spec(len(data), freeze_norm_stats=not setting.attack_updates_norm_stats)
     gen = torch.Generator().manual_seed(subseed(acfg["seed"], "batches"))
     torch.manual_seed(subseed(acfg["seed"], "train"))
 
@@ -143,11 +158,11 @@ def _attack(acfg: dict, folder: Path, progress: Progress) -> dict:
         if step % 10 == 0:
             progress(f"attack training {step}/{spec.steps} loss {loss:.3f}")
 
-    stats = train(victim, setting.loss, data.batches(spec.batch_size, gen), spec, on_step=on_step)
+    stats = train(victim, setting.loss, data.batches(spec.batch_size, gen, training.augment), spec, on_step=on_step)
     progress("evaluating backdoored model")
     test = evaluate(setting.classifier(victim, acfg["model"], acfg["model_params"], ds), attack, ds)
     control = setting.control_accuracy(victim, acfg["model"], acfg["model_params"], acfg["control_datasets"])
-    files = attack.save_trigger(folder)
+    files = attack.save_trigger(folder) + save_example(attack, ds, folder)
     meta = {
         "artifact_id": aid,
         "config": acfg,
@@ -311,14 +326,25 @@ def _defend(tcfg: dict, store: Store, progress: Progress) -> dict:
         model_name=acfg["model"],
         model_params=acfg["model_params"],
     )
+    classify = ctx.classify
+    ev = _evaluator(model, setting, acfg, ds, attack, classify)
+    progress("evaluating the backdoored model on validation")
+    bd_val = ev.val()
+    restore_backdoored = curves.snapshot(model)
     start = time.perf_counter()
     out = defense.run(ctx)
     wall = time.perf_counter() - start
+    if out.model is not model:  # every defense edits the victim in place; the curve relies on it
+        raise RuntimeError(f"defense {tcfg['defense']!r} returned a different model object; edit ctx.model in place")
 
     progress("evaluating defended model")
-    test = evaluate(setting.classifier(out.model, acfg["model"], acfg["model_params"], ds), attack, ds)
+    t = ev.test()
+    test, control = t, t["control"]
+    restore_defended = curves.snapshot(model)
+    progress("trade-off curve on validation")
+    seeded = {p["knob"]: p for p in out.curve or []} if out.curve_uses_attack_trigger else None
+    to = curves.trade_off(out.knob, ev, bd_val, restore_backdoored, restore_defended, CURVE_REFINE_STEPS, seeded)
     bd = meta["metrics"]
-    control = setting.control_accuracy(out.model, acfg["model"], acfg["model_params"], acfg["control_datasets"])
     m: dict = {"ca": test["ca"], "asr": test["asr"], "ra": test["ra"], "control": control}
     m["backdoored"] = {"ca": bd["ca"], "asr": bd["asr"], "ra": bd["ra"], "control": bd["control"]}
     m["ca_retention"] = metrics.ca_retention(test["ca"], bd["ca"])
@@ -330,6 +356,7 @@ def _defend(tcfg: dict, store: Store, progress: Progress) -> dict:
     m["control_retention"] = {
         k: metrics.ca_retention(v, bd["control"][k]) for k, v in control.items() if bd["control"].get(k)
     }
+    m["auc_90"] = to["auc_90"]
     result = {
         "metrics": m,
         "cost": {
@@ -349,6 +376,49 @@ def _defend(tcfg: dict, store: Store, progress: Progress) -> dict:
         result["templates"] = {
             name: load_dataset(name).templates for name in [acfg["dataset"], *acfg["control_datasets"]]
         }
-    if out.curve is not None:
-        result["curve"] = out.curve
+    result["curve"] = to["curve"]
+    result["matched"] = to["matched"]
+    result["knob"] = (
+        {"name": out.knob.name, "chosen": out.knob.chosen, "continuous": out.knob.continuous}
+        if out.knob is not None
+        else None
+    )
+    result["protocol"] = {
+        "levels": list(tradeoff.LEVELS),
+        "auc_range": list(tradeoff.AUC_RANGE),
+        "refine_steps": CURVE_REFINE_STEPS,
+        "control_val_images": CONTROL_VAL,
+        "val_asr_trigger": "attack",
+    }
+    if out.curve is not None and not out.curve_uses_attack_trigger:
+        result["defense"]["own_curve"] = out.curve  # measured with the defense's own (inverted) trigger
     return result
+
+
+# The evaluator's protocol (methods.md section 5), the same for every defense.
+CURVE_REFINE_STEPS = 4  # bisections per retention level on continuous knobs
+CONTROL_VAL = 300  # control accuracy along a curve: the first 300 validation images per control set
+
+
+def _evaluator(model, setting, acfg: dict, ds: LabeledDataset, attack: Attack, classify) -> curves.Evaluator:
+    """Validation and test metrics of `model` in whatever state it is in when called."""
+    x_val = ds.val.x
+    x_val_trig = attack.apply(x_val) if attack.has_trigger else None
+    t_val = attack.targets(ds.val.labels, ds.num_classes) if attack.has_trigger else None
+
+    def val() -> dict:
+        clf = classify(model)
+        out = {"ca": metrics.accuracy(metrics.predict(clf, x_val), ds.val.labels), "asr": None}
+        if x_val_trig is not None:
+            out["asr"] = metrics.attack_success_rate(metrics.predict(clf, x_val_trig), ds.val.labels, t_val)
+        out["control"] = setting.control_accuracy(
+            model, acfg["model"], acfg["model_params"], acfg["control_datasets"], split="val", limit=CONTROL_VAL
+        )
+        return out
+
+    def test() -> dict:
+        out = evaluate(classify(model), attack, ds)
+        out["control"] = setting.control_accuracy(model, acfg["model"], acfg["model_params"], acfg["control_datasets"])
+        return out
+
+    return curves.Evaluator(val, test)

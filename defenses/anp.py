@@ -31,6 +31,7 @@ from torch import nn
 from bench import runtime
 from bench.metrics import accuracy, predict
 from bench.registry import DEFENSES
+from bench.tradeoff import IDENTITY, KnobSpec
 from bench.train import frozen
 from defenses.base import DataMeter, Defense, DefenseContext, DefenseOutput
 from defenses.units import UnitMask, channel_view, unit_activations, unit_layer
@@ -127,7 +128,13 @@ class Anp(Defense):
         with frozen(model.parameters()):  # only the masks are optimised
             masks = learn_masks(clf, layer, n, clean.x, clean.labels, p, ctx.generator(), meter)
         keep = UnitMask(layer, n)  # installed on the defended model
-        keep.mask = (masks >= p.threshold).float()
+
+        def at(threshold) -> None:
+            """Prune the units whose learned mask is below `threshold` (0: none)."""
+            th = 0.0 if threshold == IDENTITY else float(threshold)
+            keep.mask = (masks >= th).float() if th > 0 else torch.ones(n)
+
+        at(p.threshold)
         pruned = int((keep.mask == 0).sum())
         val_ca = accuracy(predict(ctx.classify(model), ctx.val.x), ctx.val.labels)
         meter.val_clean = len(ctx.val)  # reported only, not used to choose anything
@@ -141,4 +148,9 @@ class Anp(Defense):
                 "mask_quantiles": torch.quantile(masks, torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0])).tolist(),
                 "val_ca": val_ca,
             },
+            # the masks are learned once; the threshold is the knob (a continuous one)
+            knob=KnobSpec("threshold", THRESHOLDS, at, chosen=p.threshold, identity=0.0, continuous=True),
         )
+
+
+THRESHOLDS = [round(0.05 * i, 2) for i in range(20)]  # 0 to 0.95: the trade-off curve's grid

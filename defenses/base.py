@@ -20,6 +20,7 @@ from torch import nn
 
 from bench.data.base import LabeledDataset, Split
 from bench.settings import Setting
+from bench.tradeoff import KnobSpec
 
 
 @dataclass(frozen=True)
@@ -134,10 +135,50 @@ def budgeted_pool(ctx: DefenseContext, budget_x: float, tbar_fraction: float) ->
 
 @dataclass
 class DefenseOutput:
+    """The defended model (at the defense's own chosen knob value), what it consumed,
+    its strength knob (None for a defense without one), and its own validation curve
+    (the points it measured to choose, with its own trigger in known or inverted mode)."""
+
     model: nn.Module
     meter: DataMeter
     curve: list[dict[str, float]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    knob: KnobSpec | None = None
+    # True when `curve` was measured with the attack's own trigger on ctx.val, so the
+    # engine may reuse its CA/ASR instead of measuring the same points again.
+    curve_uses_attack_trigger: bool = False
+
+
+class Checkpoints:
+    """Snapshots of a model along one training run, as a strength knob measured in
+    epochs of the defense's data: the trade-off curve of a fine-tuning defense without
+    retraining per point (methods.md section 5). Snapshots are CPU copies of the state
+    dict; `at(epochs)` loads one back into the model."""
+
+    def __init__(self, model: nn.Module, total_steps: int, n_samples: int, batch_size: int, points: int = 10):
+        self.model = model
+        self.per_step = batch_size / max(1, n_samples)  # epochs per optimiser step
+        every = max(1, math.ceil(total_steps / points))
+        self.steps = sorted({*range(every, total_steps, every), total_steps})
+        self.saved: dict[float, dict[str, torch.Tensor]] = {0.0: self._state()}
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+
+    def knob_of(self, step: int) -> float:
+        return round(step * self.per_step, 6)
+
+    def on_step(self, step: int, loss: float) -> None:
+        """train()'s callback: `step` is 0-based, so step + 1 steps are done."""
+        if step + 1 in self.steps:
+            self.saved[self.knob_of(step + 1)] = self._state()
+
+    def at(self, epochs: float) -> None:
+        self.model.load_state_dict(self.saved[epochs])
+
+    def spec(self, chosen: float | None = None) -> KnobSpec:
+        values = sorted(self.saved)
+        return KnobSpec("epochs", values, self.at, chosen=values[-1] if chosen is None else chosen, identity=0.0)
 
 
 class Defense(abc.ABC):

@@ -30,7 +30,7 @@ from bench.models.clip import clip_inputs, tokenize
 from bench.registry import DEFENSES
 from bench.settings import pretrained_clip
 from bench.train import TrainSpec, clip_contrastive_loss, index_batches, train
-from defenses.base import DataMeter, Defense, DefenseContext, DefenseOutput, budgeted_pool
+from defenses.base import Checkpoints, DataMeter, Defense, DefenseContext, DefenseOutput, budgeted_pool
 from defenses.eda import eda
 
 
@@ -135,5 +135,6 @@ class CleanClip(Defense):
             warmup_steps=round(p.warmup_fraction * steps),
         )
         ctx.progress(f"cleanclip: {steps} steps on {n} clean pairs")
-        train(clip, loss_fn, batches(), spec, params=decay_groups(clip, p.weight_decay))
-        return DefenseOutput(victim, meter, extra=extra)
+        ckpt = Checkpoints(victim, steps, n, p.batch_size)
+        train(clip, loss_fn, batches(), spec, params=decay_groups(clip, p.weight_decay), on_step=ckpt.on_step)
+        return DefenseOutput(victim, meter, extra=extra, knob=ckpt.spec())

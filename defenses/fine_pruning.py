@@ -8,6 +8,9 @@
    before that point. This is the tuning rule, and it reads validation CA only.
 3. Fine-tune the pruned model on clean data (`data_fraction` 5% of train) with the
    setting's loss, the mask kept in place.
+
+Trade-off curve (methods.md section 5): the knob is the pruned share of units; the
+model at each value is pruned and then fine-tuned exactly like the chosen one.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 
 from bench.metrics import accuracy, predict
 from bench.registry import DEFENSES
+from bench.tradeoff import IDENTITY, KnobSpec
 from bench.train import TrainSpec, train
 from defenses.base import DataMeter, Defense, DefenseContext, DefenseOutput, TrainingSet
 from defenses.units import UnitMask, unit_activations, unit_layer
@@ -32,6 +36,7 @@ class FinePruningParams:
     epochs: float = 10.0
     lr: float = 1e-4
     batch_size: int = 64
+    curve_points: int = 5  # pruning ratios on the trade-off curve, each fine-tuned (plus the chosen one)
 
     def __post_init__(self) -> None:
         if not 0 < self.step_fraction <= 1 or not 0 <= self.max_drop < 1:
@@ -72,24 +77,50 @@ class FinePruning(Defense):
         mask = UnitMask(layer, len(acts))
         x_val = ctx.val.x
 
-        def ca_with(k: int) -> float:
+        def prune(k: int) -> None:
             mask.mask = torch.ones(len(acts))
             mask.mask[order[:k]] = 0
+
+        def ca_with(k: int) -> float:
+            prune(k)
             return accuracy(predict(ctx.classify(model), x_val), ctx.val.labels)
 
         ca_bd = ca_with(0)
         step = max(1, round(p.step_fraction * len(acts)))
         best, curve = prune_until(ca_with, order, step, (1 - p.max_drop) * ca_bd)
-        ca_with(best)
-        ctx.progress(f"fine-pruning: {best}/{len(acts)} units pruned; fine-tuning")
-
         meter = DataMeter(val_clean=len(x_val))
         targets = ctx.setting.encode_labels(clean.labels, ctx.dataset, ctx.seed, model)
         data = TrainingSet(clean.x, targets, idx, torch.zeros(len(idx), dtype=torch.bool))
         steps = max(1, math.ceil(p.epochs * len(data) / p.batch_size))
-        torch.manual_seed(ctx.seed)
         spec = TrainSpec(steps=steps, lr=p.lr, batch_size=p.batch_size)
-        train(model, ctx.setting.loss, data.stream(p.batch_size, ctx.generator(), meter), spec)
+        backdoored = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+        # The strength knob is the pruned share of units: each value is pruned, then
+        # fine-tuned with the same data, steps and seed (so points differ only in the
+        # mask). The defense's own rule picks `best`; the others span 0 to twice that.
+        counts = sorted({best, *(round(q * min(len(acts), max(2 * best, step))) for q in _spread(p.curve_points))})
+        states: dict[float, tuple[dict, torch.Tensor]] = {}
+        for k in counts:
+            ctx.progress(f"fine-pruning: {k}/{len(acts)} units pruned; fine-tuning")
+            model.load_state_dict(backdoored)
+            prune(k)
+            torch.manual_seed(ctx.seed)
+            # the defense's cost is that of its own choice; the other points are the curve's
+            m = meter if k == best else DataMeter()
+            train(model, ctx.setting.loss, data.stream(p.batch_size, ctx.generator(), m), spec)
+            states[k / len(acts)] = ({n: v.detach().clone() for n, v in model.state_dict().items()}, mask.mask.clone())
+
+        def at(fraction) -> None:
+            if fraction == IDENTITY:
+                model.load_state_dict(backdoored)
+                mask.mask = torch.ones(len(acts))
+                return
+            state, m = states[fraction]
+            model.load_state_dict(state)
+            mask.mask = m.clone()
+
+        chosen = best / len(acts)
+        at(chosen)
         # The mask stays installed: the defended model is the pruned, fine-tuned one.
         return DefenseOutput(
             model=model,
@@ -97,8 +128,14 @@ class FinePruning(Defense):
             extra={
                 "units": len(acts),
                 "pruned": best,
-                "pruned_fraction": best / len(acts),
+                "pruned_fraction": chosen,
                 "val_ca_backdoored": ca_bd,
                 "prune_curve": curve,
             },
+            knob=KnobSpec("pruned_fraction", sorted(states), at, chosen=chosen),
         )
+
+
+def _spread(n: int) -> list[float]:
+    """n evenly spaced fractions in [0, 1]."""
+    return [i / (n - 1) for i in range(n)] if n > 1 else [1.0]

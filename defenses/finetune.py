@@ -5,7 +5,9 @@ defense may use budget_x * round(tbar_fraction * |train|) unique clean samples,
 capped by the defender's pool, and trains `epochs` passes over them. With the
 micro defaults that is 50 x 160 = 8000 requested, 2000 available (the pool is
 25% of train, disjoint from the attacker's data), so the effective multiple is
-12.5x; the record states both. Nothing is tuned: there is no validation choice.
+12.5x; the record states both. Nothing is tuned: there is no validation choice (the
+defended model is the end of the run). The strength knob is the training length:
+checkpoints along the one run (epochs of the defense's data) form its trade-off curve.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 
 from bench.registry import DEFENSES
 from bench.train import TrainSpec, train
-from defenses.base import DataMeter, Defense, DefenseContext, DefenseOutput, TrainingSet, budgeted_pool
+from defenses.base import Checkpoints, DataMeter, Defense, DefenseContext, DefenseOutput, TrainingSet, budgeted_pool
 
 
 @dataclass(frozen=True)
@@ -49,5 +51,6 @@ class CleanFinetune(Defense):
         ctx.progress(f"finetune: {steps} steps on {n} clean samples")
         torch.manual_seed(ctx.seed)
         spec = TrainSpec(steps=steps, lr=p.lr, batch_size=p.batch_size, weight_decay=p.weight_decay)
-        train(ctx.model, ctx.setting.loss, data.stream(p.batch_size, ctx.generator(), meter), spec)
-        return DefenseOutput(model=ctx.model, meter=meter, extra=extra)
+        ckpt = Checkpoints(ctx.model, steps, n, p.batch_size)
+        train(ctx.model, ctx.setting.loss, data.stream(p.batch_size, ctx.generator(), meter), spec, on_step=ckpt.on_step)
+        return DefenseOutput(model=ctx.model, meter=meter, extra=extra, knob=ckpt.spec())

@@ -7,8 +7,10 @@
 3. tau = theta_T - theta_bd over the fine-tuned float parameters.
 4. theta(a) = theta_bd - a * tau on a grid of a.
 5. Tuning rule, on the validation split only: a* = argmin ASR subject to
-   CA >= kappa * CA(theta_bd); ties go to the smaller a. Test metrics are reported
-   at a*, and the whole validation curve is kept in the record.
+   CA >= kappa * CA(theta_bd); ties go to the smaller a. The grid is refined by
+   bisection between a* and its infeasible neighbour (`refine_steps` times), so a* moves
+   with the curve instead of jumping by grid steps (methods.md, tbar step 5). Test
+   metrics are reported at a*, and the whole validation curve is kept in the record.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from bench import taskvec
+from bench import taskvec, tradeoff
 from bench.metrics import accuracy, attack_success_rate, predict
 from bench.registry import DEFENSES
+from bench.tradeoff import KnobSpec
 from bench.train import TrainSpec, train
 from defenses.base import DataMeter, Defense, DefenseContext, DefenseOutput, TrainingSet
 
@@ -38,13 +41,14 @@ class TbarParams:
     alpha_max: float = 4.0
     alpha_points: int = 21
     kappa: float = 0.95
+    refine_steps: int = 5  # bisections of alpha where the curve crosses kappa * CA_bd
     # Keep tau in the trial folder, so `bench analyze alpha` can redraw the curves on any
     # split without retraining.
     save_vector: bool = True
 
     def __post_init__(self) -> None:
-        if self.alpha_points < 2 or self.alpha_max <= self.alpha_min:
-            raise ValueError("the alpha grid needs alpha_points >= 2 and alpha_max > alpha_min")
+        if self.alpha_points < 2 or self.alpha_max <= self.alpha_min or self.alpha_min < 0:
+            raise ValueError("the alpha grid needs alpha_points >= 2 and 0 <= alpha_min < alpha_max")
         if not 0 < self.kappa <= 1:
             raise ValueError(f"kappa must be in (0, 1], got {self.kappa}")
 
@@ -55,10 +59,7 @@ class TbarParams:
 def select_alpha(curve: list[dict[str, float]], ca_reference: float, kappa: float) -> int:
     """Index of a* on a curve sorted by alpha: the smallest ASR among points with
     CA >= kappa * ca_reference; ties (and an empty feasible set) go to the smallest alpha."""
-    feasible = [i for i, p in enumerate(curve) if p["ca"] >= kappa * ca_reference]
-    if not feasible:
-        return 0
-    return min(feasible, key=lambda i: (curve[i]["asr"], curve[i]["alpha"]))
+    return tradeoff.select(curve, ca_reference, kappa)
 
 
 def trigger_loss(ctx: DefenseContext):
@@ -150,20 +151,30 @@ class Tbar(Defense):
         x_val_trig = ctx.known.apply(x_val)
         meter.val_clean = len(x_val)
         meter.val_triggered = int((ctx.val.labels != t_val).sum())
-        ca_bd = val_point(model, ctx, x_val, x_val_trig, t_val)["ca"]
-        curve = []
-        for a in p.alphas():
-            ctx.progress(f"tbar: alpha {a:.2f}")
+
+        def at(a: float) -> None:
             taskvec.load_params(model, taskvec.apply(theta_bd, tau, -a))
-            curve.append({"alpha": round(a, 6), **val_point(model, ctx, x_val, x_val_trig, t_val)})
+
+        def measure(a: float) -> dict:
+            ctx.progress(f"tbar: alpha {a:.3f}")
+            at(a)
+            return val_point(model, ctx, x_val, x_val_trig, t_val)
+
+        # alpha = 0 is the backdoored model: the retention base and the curve's first point
+        curve = [{"knob": 0.0, **measure(0.0)}]
+        curve += [{"knob": round(a, 6), **measure(a)} for a in p.alphas() if a > 0]
+        ca_bd = curve[0]["ca"]
+        curve = tradeoff.refine(curve, ca_bd, [p.kappa], measure, p.refine_steps)
         best = select_alpha(curve, ca_bd, p.kappa)
-        a_star = curve[best]["alpha"]
-        taskvec.load_params(model, taskvec.apply(theta_bd, tau, -a_star))
+        a_star = curve[best]["knob"]
+        at(a_star)
         return DefenseOutput(
             model=model,
             meter=meter,
             curve=curve,
-            extra={"alpha": a_star, "tau_norm": taskvec.norm(tau), "val_at_alpha": curve[best]},
+            extra={"alpha": a_star, "tau_norm": taskvec.norm(tau), "val_at_alpha": curve[best], "val_ca_backdoored": ca_bd},
+            knob=KnobSpec("alpha", [pt["knob"] for pt in curve], at, chosen=a_star, identity=0.0, continuous=True),
+            curve_uses_attack_trigger=self.uses_attack_knowledge,
         )
 
 

@@ -10,21 +10,18 @@ import pytest
 from bench import leaderboard
 
 
-def _record(attack: str, method: str, seed: int, ca: float, asr: float | None, **extra) -> dict:
+def _record(attack: str, method: str, seed: int, ca: float, asr: float | None, bd_asr: float | None = 0.95, **extra) -> dict:
+    matched = {
+        lvl: {"knob": 1.0, "ca": ca, "asr": asr, "ra": None if asr is None else 1 - asr, "control_mean": 0.9}
+        for lvl in ("0.99", "0.95", "0.90")
+    }
     return {
         "schema": 1,
         "trial_id": f"{attack}-{method}-{seed}",
         "artifact_id": f"a-{attack}-{seed}",
         "status": "ok",
-        "config": {
-            "suite": "t",
-            "model": "m",
-            "dataset": "d",
-            "setting": "s",
-            "attack": attack,
-            "defense": method,
-            "seed": seed,
-        },
+        "config": {"suite": "t", "model": "m", "dataset": "d", "setting": "finetune", "attack": attack,
+                   "defense": method, "seed": seed},
         "metrics": {
             "ca": ca,
             "asr": asr,
@@ -32,59 +29,78 @@ def _record(attack: str, method: str, seed: int, ca: float, asr: float | None, *
             "ca_retention": 1.0,
             "der": 0.5,
             "control": {"colors": 0.9},
+            "auc_90": asr,
+            "backdoored": {"ca": 0.9, "asr": None if attack == "none" else bd_asr},
         },
+        "matched": matched,
         "cost": {"wall_s": 1.0, "clean_samples": 10, "triggered_samples": 0},
         "created": "2026-11-28T00:00:00+00:00",
         **extra,
-    }
+    }  # fmt: skip
 
 
 RECORDS = [
     _record("badnets", "none", 0, 0.90, 0.95),
-    _record("badnets", "none", 1, 0.92, 0.97),
-    _record(
-        "badnets",
-        "tbar",
-        0,
-        0.88,
-        0.02,
-        curve=[{"alpha": 0.0, "ca": 0.9, "asr": 0.9}, {"alpha": 1.0, "ca": 0.88, "asr": 0.02}],
-        defense={"alpha": 1.0},
-    ),
+    _record("badnets", "none", 1, 0.92, 0.97, bd_asr=0.97),
+    _record("badnets", "none", 2, 0.91, 0.20, bd_asr=0.20),  # this seed's attack did not take
+    _record("badnets", "tbar", 0, 0.88, 0.02, curve=[{"knob": 0.0, "ca": 0.9, "asr": 0.9}, {"knob": 1.0, "ca": 0.88, "asr": 0.02}],
+            knob={"name": "alpha", "chosen": 1.0, "continuous": True}),
+    _record("badnets", "tbar", 1, 0.89, 0.04, bd_asr=0.97),
     _record("none", "none", 0, 0.93, None),
-]
+]  # fmt: skip
 
 
-def test_main_table_averages_seeds_and_shows_missing_cells_as_na():
-    agg = leaderboard.aggregate(leaderboard.records_frame(RECORDS))
-    head, rows = leaderboard.main_rows(agg, ["none", "tbar"])
-    by_attack = {r[3]: r for r in rows}
-    assert by_attack["badnets"][4] == "91.0 ± 1.0"  # mean ± std over the two seeds
-    assert by_attack["none"][head.index("tbar CA")] == "n/a"  # no record: shown, not dropped
-    csv = pd.read_csv(__import__("io").StringIO(leaderboard.csv_text(RECORDS)))
+def test_cells_average_the_seeds_whose_attack_took_with_a_t_interval():
+    from bench import tables
+
+    agg = tables.aggregate(tables.records_frame(RECORDS))
+    bd = agg[(agg.attack == "badnets") & (agg.defense == "none")].iloc[0]
+    assert (bd.n_seeds, bd.n_took) == (3, 2)  # seed 2 did not take: shown, not averaged
+    assert abs(bd.ca - 0.91) < 1e-12
+    # two seeds: half-width t(0.975, 1) * sd / sqrt(2) = 12.706 * 0.01414 / 1.414
+    assert abs(bd.ca_ci - 12.7062 * 0.0141421 / 2**0.5) < 1e-3
+    summ = tables.summary(tables.records_frame(RECORDS)).set_index("defense")
+    # `none` is averaged over exactly tbar's rows: seeds 0 and 1
+    assert summ.loc["tbar", "k"] == 2 and abs(summ.loc["tbar", "none_asr"] - 0.96) < 1e-12
+
+
+def test_markdown_names_why_a_cell_is_na_and_defines_its_terms():
+    board = leaderboard.build(RECORDS, "t")
+    md = leaderboard.render_markdown(board)
+    assert "ASR at 95% clean-accuracy retention" in md and "**DER**" in md
+    assert "| badnets | tbar | 2/2 |" in md
+    table = leaderboard.group_table(board, ("m", "d", "finetune"))
+    none_row = next(r for r in table["rows"] if r["attack"] == "none")
+    tbar = none_row["cells"][table["defenses"].index("tbar")]
+    assert tbar["na"] == "needs a trigger"  # a known-trigger defense on the clean reference
+    csv = pd.read_csv(__import__("io").StringIO(leaderboard.csv_text(board)))
     assert list(csv.columns) == leaderboard.CSV_COLUMNS
-    assert csv.loc[(csv.attack == "badnets") & (csv.defense == "none"), "n_seeds"].item() == 2
 
 
-def test_html_is_self_contained_with_plots():
-    page = leaderboard.render_html(RECORDS, "t")
-    assert page.count("data:image/png;base64,") == 2  # trade-off + TBAR curves
-    assert "<script" not in page and "http" not in page.replace("https://", "")  # nothing fetched
-    assert "n/a" in page
+def test_html_is_self_contained_sortable_and_has_provenance():
+    page = leaderboard.render_html(leaderboard.build(RECORDS, "t"))
+    assert 'id="provenance"' in page and "sortable-table" in page and "<script>" in page
+    assert "src=\"http" not in page and "href=\"http" not in page  # nothing is fetched
+    assert "data:image/png;base64," in page  # the plots are embedded
+    assert "Definitions" in page and "DER" in page
 
 
-def test_compare_flags_edits_beyond_tolerance_and_missing_rows():
-    fresh = leaderboard.aggregate(leaderboard.records_frame(RECORDS))
-    assert leaderboard.compare(fresh.copy(), fresh, tol=0.02) == []
+def test_check_allows_the_committed_interval_and_flags_edits_beyond_it():
+    from bench.check import compare
+
+    fresh = leaderboard.build(RECORDS, "t").agg
+    assert compare(fresh.copy(), fresh, floor=0.01) == []
     edited = fresh.copy()
-    edited.loc[edited.defense == "tbar", "asr"] += 0.05
-    edited.loc[edited.defense == "tbar", "ca"] += 0.01  # within tolerance: not reported
-    problems = leaderboard.compare(edited, fresh, tol=0.02)
-    assert len(problems) == 1 and "m/d/s/badnets/tbar asr" in problems[0]
+    row = (edited.attack == "badnets") & (edited.defense == "none")
+    edited.loc[row, "ca"] += 0.005  # within the floor
+    assert compare(edited, fresh, floor=0.01) == []
+    edited.loc[row, "asr"] += edited.loc[row, "asr_ci"] + 0.01  # beyond its own CI
+    problems = compare(edited, fresh, floor=0.01)
+    assert len(problems) == 1 and "m/d/finetune/badnets/none asr" in problems[0]
     counts = fresh.copy()
     counts.loc[counts.defense == "tbar", "clean_samples"] += 1  # counts must match exactly
-    assert any("clean_samples" in p for p in leaderboard.compare(counts, fresh, tol=0.02))
-    assert any("missing from the committed" in p for p in leaderboard.compare(fresh.iloc[1:], fresh, tol=0.02))
+    assert any("clean_samples" in p for p in compare(counts, fresh, floor=0.01))
+    assert any("missing from the committed" in p for p in compare(fresh.iloc[1:], fresh, floor=0.01))
 
 
 CHECK_SUITE = """

@@ -53,3 +53,27 @@ def test_asr_plus_ra_at_most_one(labels, target):
     asr, ra = metrics.attack_success_rate(pred, y, t), metrics.robust_accuracy(pred, y, t)
     if not math.isnan(asr):
         assert 0 <= asr + ra <= 1 + 1e-12
+
+
+# ---------------------------------------------------------------- uncertainty (bench/stats.py)
+
+
+def test_mean_ci_matches_a_hand_computation_with_students_t():
+    from bench.stats import mean_ci
+
+    e = mean_ci([0.2, 0.4, 0.6])
+    # sd = 0.2, t(0.975, 2) = 4.302653, half = 4.302653 * 0.2 / sqrt(3)
+    assert abs(e.mean - 0.4) < 1e-12 and abs(e.half - 4.302653 * 0.2 / 3**0.5) < 1e-5 and e.n == 3
+    assert mean_ci([0.5]).n == 1 and mean_ci([0.5]).half != mean_ci([0.5]).half  # NaN half-width
+
+
+def test_paired_t_test_and_holm_adjustment():
+    from scipy import stats as st
+
+    from bench.stats import holm, paired
+
+    a, b = [0.9, 0.8, 0.7, 0.95], [0.5, 0.6, 0.4, 0.7]
+    r = paired(a, b)
+    assert abs(r.p - st.ttest_rel(a, b).pvalue) < 1e-12
+    assert r.diff.low > 0  # a is higher in every pair
+    assert holm([0.01, 0.04, 0.03]) == [0.03, 0.06, 0.06]

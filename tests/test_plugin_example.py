@@ -17,7 +17,7 @@ datasets: [shapes]
 settings: [supervised]
 seeds: [0]
 control_datasets: []
-setting_params: {supervised: {steps: 12, lr: 0.003, batch_size: 64}}
+setting_params: {supervised: {epochs: 0.15, lr: 0.003, batch_size: 64}}
 attack_params: {frame: {width: 2}}
 defense_params: {weight-noise: {sigmas: [0.05, 0.2]}}
 """

@@ -23,8 +23,8 @@ datasets: [shapes]
 settings: [supervised]
 seeds: [0]
 control_datasets: []
-setting_params: {supervised: {steps: 12, lr: 0.003, batch_size: 64}}
-defense_params: {tbar: {steps: 3, alpha_points: 3, alpha_max: 2.0}, finetune: {budget_x: 1, epochs: 1}}
+setting_params: {supervised: {epochs: 0.15, lr: 0.003, batch_size: 64}}
+defense_params: {tbar: {steps: 3, alpha_points: 3, alpha_max: 2.0, refine_steps: 0}, finetune: {budget_x: 1, epochs: 1}}
 """
 GRID = ["--attacks", "badnets", "--defenses", "tbar,finetune"]  # 1 artifact, 3 trials
 BUCKET = "bench-test"

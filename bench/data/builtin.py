@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from bench.data import scenes
 from bench.data import shapes as gen
 from bench.data.base import LabeledDataset, Split, cached_arrays
 from bench.registry import DATASETS
@@ -19,11 +20,12 @@ DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "e
 SHAPE_TEMPLATES = ["a photo of a {}.", "a drawing of a {}.", "a {} shape."]
 COLOR_TEMPLATES = ["a photo of something {}.", "a {} object."]
 DIGIT_TEMPLATES = ["a photo of the number {}.", "a handwritten digit {}.", "the digit {}."]
+SCENE_TEMPLATES = ["a photo of a {}.", "a {} in a cluttered scene.", "a photo of a {} among other things."]
 
 # Split sizes: the validation split holds >= 1000 images so that TBAR's 5% CA
 # tolerance is well above its standard error (methods.md, tbar step 5).
 GEN_SIZES = {"train": 8000, "val": 1000, "test": 2000}
-_GEN_SEEDS = {"shapes": 1000, "colors": 2000, "corpus": 3000}
+_GEN_SEEDS = {"shapes": 1000, "colors": 2000, "corpus": 3000, "scenes": 4000, "scene-corpus": 5000}
 
 
 # The 224 px shapes exist to exercise published 224 px CLIPs on GPUs without any
@@ -49,21 +51,99 @@ def _generated(name: str, attr: int, side: int = gen.SIZE, sizes: dict = GEN_SIZ
     return LabeledDataset(name, list(gen.COLOR_NAMES), COLOR_TEMPLATES, **splits)
 
 
-@DATASETS.register("shapes", "procedural 32x32 images; label = which of 10 shapes (built in, offline)", corpus_attr=0)
+def _shape_corpus(attr: int):
+    """The `contrastive` setting's caption corpus for a shapes-world task: images,
+    the task's label of each (attribute `attr`), and one caption each."""
+
+    def build(n: int, seed: int) -> tuple[torch.Tensor, np.ndarray, list[str]]:
+        images, attrs, captions = caption_corpus(n, seed)
+        return images, attrs[:, attr].copy(), captions
+
+    return build
+
+
+@DATASETS.register(
+    "shapes",
+    "procedural 32x32 images, one flat shape on a grey texture; label = which of 10 shapes (saturated: ~99% CA)",
+    caption_corpus=_shape_corpus(0),
+)
 def shapes() -> LabeledDataset:
     return _generated("shapes", 0)
 
 
 @DATASETS.register(
-    "shapes-224", "the shapes task rendered at 224x224 (4000/1000/1000); for 224 px CLIPs", corpus_attr=0
+    "shapes-224",
+    "the shapes task rendered at 224x224 (4000/1000/1000); for 224 px CLIPs",
+    caption_corpus=_shape_corpus(0),
 )
 def shapes_224() -> LabeledDataset:
     return _generated("shapes-224", 0, 224, GEN224_SIZES)
 
 
-@DATASETS.register("colors", "procedural 32x32 images; label = which of 8 colours (control task)", corpus_attr=1)
+@DATASETS.register(
+    "colors", "procedural 32x32 images; label = which of 8 colours (control task)", caption_corpus=_shape_corpus(1)
+)
 def colors() -> LabeledDataset:
     return _generated("colors", 1)
+
+
+# ---------------------------------------------------------------- scenes
+
+
+def scene_caption(label: int, hue: int, occluded: int, rng: np.random.Generator) -> str:
+    """A caption naming the main object's shape, sometimes its hue, the clutter or the occlusion."""
+    pool = [*_SCENE_CAPTIONS, *(_SCENE_OCCLUDED if occluded else ())]
+    return pool[rng.integers(len(pool))].format(shape=gen.SHAPES[label], hue=scenes.HUE_NAMES[hue])
+
+
+_SCENE_CAPTIONS = [
+    "a photo of a {shape}.",
+    "a {hue} {shape}.",
+    "a {shape} in a cluttered scene.",
+    "a photo of a {hue} {shape} among other things.",
+    "a {shape} among other shapes.",
+]
+_SCENE_OCCLUDED = ["a partly hidden {shape}.", "a photo of a {shape}, partly covered."]
+
+
+def _scene_arrays(name: str, sizes: dict) -> dict[str, np.ndarray]:
+    def build() -> dict[str, np.ndarray]:
+        out = {}
+        for i, (split, n) in enumerate(sizes.items()):
+            images, attrs = scenes.generate(n, _GEN_SEEDS["scenes"] + i)
+            out[f"{split}_x"], out[f"{split}_y"] = images, attrs[:, 0]
+        return out
+
+    return cached_arrays({"name": name, "sizes": sizes, "style": scenes.style_key(), "v": 1}, build)
+
+
+def scene_corpus(n: int, seed: int, offset: int = 0) -> tuple[torch.Tensor, np.ndarray]:
+    """n captionable scenes (uint8 images, attributes), disjoint from the labelled splits;
+    `offset` separates the pre-training corpus (0) from the contrastive setting's (1000)."""
+    arrays = cached_arrays(
+        {"name": "scene-corpus", "n": n, "seed": seed, "offset": offset, "style": scenes.style_key(), "v": 1},
+        lambda: dict(zip(("x", "a"), scenes.generate(n, _GEN_SEEDS["scene-corpus"] + offset + seed), strict=True)),
+    )
+    return torch.from_numpy(arrays["x"]), arrays["a"]
+
+
+def _scene_caption_corpus(n: int, seed: int) -> tuple[torch.Tensor, np.ndarray, list[str]]:
+    images, attrs = scene_corpus(n, seed, offset=1000)
+    rng = np.random.default_rng(seed)
+    captions = [scene_caption(int(a[0]), int(a[1]), int(a[3]), rng) for a in attrs]
+    return images, attrs[:, 0].copy(), captions
+
+
+@DATASETS.register(
+    "scenes",
+    "procedural cluttered 32x32 scenes (pink-noise textures, distractors, occlusion, lighting, blur); "
+    "label = the main object's shape (10 classes); the micro suite's attacked task",
+    caption_corpus=_scene_caption_corpus,
+)
+def scenes_dataset() -> LabeledDataset:
+    arrays = _scene_arrays("scenes", GEN_SIZES)
+    splits = {s: Split(torch.from_numpy(arrays[f"{s}_x"]), torch.from_numpy(arrays[f"{s}_y"])) for s in GEN_SIZES}
+    return LabeledDataset("scenes", list(gen.SHAPES), SCENE_TEMPLATES, **splits)
 
 
 def _digit_arrays() -> dict[str, np.ndarray]:
