@@ -2,6 +2,7 @@
 plugin (pip, offline, into a folder on PYTHONPATH) and run in a grid through `bench`."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,9 +27,11 @@ defense_params: {weight-noise: {sigmas: [0.05, 0.2]}}
 @pytest.mark.slow
 def test_the_example_plugin_installs_and_reaches_the_leaderboard(tmp_path):
     target = tmp_path / "site"
+    source = tmp_path / "src"  # a copy: building writes build/ and *.egg-info beside the sources
+    shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
     pip = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--no-index",
-         "--target", str(target), str(EXAMPLE)],
+         "--target", str(target), str(source)],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )  # fmt: skip
     assert pip.returncode == 0, pip.stderr[-3000:]
