@@ -15,7 +15,6 @@ from rich.table import Table
 
 from bench.config import ConfigError, load_suite, suite_names
 from bench.registry import UnknownNameError, load_plugins
-from bench.store import StorageError
 
 console = Console(stderr=True, soft_wrap=True)
 out = Console()
@@ -38,23 +37,39 @@ def _threads() -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from bench import listing
     from bench.registry import ATTACKS, DATASETS, DEFENSES, MODELS, SETTINGS
 
+    if args.pretrained and args.what != "models":
+        raise ConfigError(f"--pretrained lists model weights; it does not apply to bench list {args.what}")
     if args.what == "suites":
         table = Table("suite", "description")
         for name in suite_names():
-            table.add_row(name, load_suite(name).description)
+            if listing.matches(name, args.pattern):
+                table.add_row(name, load_suite(name).description)
         out.print(table)
         return 0
     if args.what == "plugins":
         return _list_plugins()
+    if args.pretrained:
+        table = Table("model (for --models)", "cached", "weights file, or the hub repo to fetch from")
+        table.columns[0].no_wrap = table.columns[1].no_wrap = True
+        table.columns[2].overflow = "fold"
+        for row in listing.pretrained_rows(args.pattern):
+            table.add_row(*row)
+        out.print(table, soft_wrap=True)
+        return 0
     reg = {"attacks": ATTACKS, "defenses": DEFENSES, "datasets": DATASETS, "models": MODELS, "settings": SETTINGS}[
         args.what
     ]
+    rows = listing.model_rows(args.pattern) if args.what == "models" else listing.registry_rows(reg, args.pattern)
     table = Table(args.what[:-1], "settings", "description")
-    for e in reg:
-        table.add_row(e.name, ",".join(e.settings) or "-", e.description)
+    table.columns[0].no_wrap = True
+    for row in rows:
+        table.add_row(*row)
     out.print(table)
+    if args.what == "models":
+        out.print(listing.naming_note(), highlight=False)
     return 0
 
 
@@ -119,10 +134,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     suite = load_suite(args.suite)
     store = Store(args.results)  # a bad --results is an error before anything else (nothing is created)
+    models = args.models
+    if getattr(args, "pretrained", None):
+        from bench.cli_args import with_pretrained
+
+        models = with_pretrained(models or ",".join(suite.models), args.pretrained)
     sel = Selection(
         args.attacks,
         args.defenses,
-        args.models,
+        models,
         args.datasets,
         args.settings,
         args.seeds,
@@ -130,6 +150,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     _apply_environment(args)  # before planning: input files under --data-root enter the trial ids
     plan = plan_grid(suite, sel)
+    _apply_environment(args)  # a bad --device is an error before anything is printed
     by_reason: dict[str, list[str]] = {}
     for cell, reason in plan.skipped:
         by_reason.setdefault(reason, []).append(cell)
@@ -140,6 +161,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         console.print("[red]nothing to run[/]: every requested cell was skipped")
         return 1
     problems = preflight(plan)
+    if getattr(args, "dry_run", False):
+        return _dry_run(plan, Store(args.results), suite.name, problems)
     if problems:
         console.print(f"bench: error: {len(problems)} required file(s) missing; nothing was run:", highlight=False)
         for p in problems:
@@ -232,12 +255,39 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
+def _dry_run(plan, store, suite: str, problems: list[str]) -> int:
+    """bench run --dry-run: the grid and what a run would compute or reuse; nothing is run."""
+    from bench.grid import dry_run
+
+    artifacts, trials = dry_run(plan, store)
+    out.print(f"suite {suite}: {len(artifacts)} attack artifacts, {len(trials)} trials -> {store.root} (dry run)",
+              highlight=False, soft_wrap=True)  # fmt: skip
+    for title, rows in (("attack artifacts (stage 1)", artifacts), ("trials (stage 2)", trials)):
+        out.print(title + ":", highlight=False)
+        for action, label in rows:
+            out.print(f"  {action:<10}  {label}", highlight=False, soft_wrap=True)
+    count = lambda rows, word: sum(a.startswith(word) for a, _ in rows)  # noqa: E731
+    out.print(
+        f"would compute {count(artifacts, 'compute')} artifacts and "
+        f"{count(trials, 'compute') + count(trials, 'recompute')} trials; would reuse {count(artifacts, 'reuse')} "
+        f"artifacts and {count(trials, 'reuse')} trials",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for p in problems:
+        out.print(f"missing (a real run stops here): {p}", highlight=False, soft_wrap=True)
+    return 0
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from bench import leaderboard
     from bench.store import Store
 
     if args.check:
         return _check_leaderboard(args)
+    from bench.cli_args import require_results
+
+    require_results(args.results)
     store = Store(args.results)
     records = leaderboard.select_records(store.records(), args.suite)
     if not records:
@@ -295,11 +345,23 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     import time
 
     from bench import analysis, leaderboard, plots
+    from bench.cli_args import storage_path
+    from bench.registry import ATTACKS, DATASETS, DEFENSES, MODELS, SETTINGS
     from bench.store import Store, atomic_write_bytes
 
-    store = Store(args.results)
-    out = Path(args.out)
     suite = load_suite(args.suite)
+    ATTACKS.resolve(args.attacks)  # every name is checked before any work
+    if args.what == "alpha":
+        DEFENSES.entry(args.defense)
+    elif args.what == "budget":
+        SETTINGS.resolve(args.settings or suite.settings)
+    else:
+        model, dataset = args.model or suite.models[0], args.dataset or suite.datasets[0]
+        if MODELS.entry(model).extra.get("kind") != "clip":
+            raise ConfigError(f"--model {model!r}: disentanglement needs a clip model (bench list models)")
+        DATASETS.entry(dataset)
+    store = Store(args.results)
+    out = Path(args.out) if args.out else (storage_path(args.results) or Path(".")) / "reports" / "tbar-analysis"
     start = time.perf_counter()
     _threads()
     if args.what == "budget":
@@ -336,17 +398,15 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             console.print(f"  -> {out / stem}.png, .csv; chosen alpha {result['chosen_alpha']}")
     else:
         from bench.config import from_dict, to_dict
-        from bench.registry import ATTACKS
 
         attack_cfgs = {}
         for name in args.attacks.split(","):
             cls = ATTACKS.get(name)
             params = to_dict(from_dict(cls.Params, suite.attack_params.get(name), f"attack_params.{name}"))
             attack_cfgs[name] = {"attack": name, "attack_params": params, "seed": args.seed}
-        grid = [float(g) for g in args.grid.split(",")]
-        model = args.model or suite.models[0]
+        grid = args.grid
         result = analysis.run_disentanglement(
-            model, suite.model_params.get(model, {}) or {}, args.dataset or suite.datasets[0], attack_cfgs, grid,
+            model, suite.model_params.get(model, {}) or {}, dataset, attack_cfgs, grid,
             args.steps, args.lr, args.seed, progress=lambda m: console.print(m),
         )  # fmt: skip
         stem = f"disentanglement-{model}-{result['dataset']}-s{args.seed}"
@@ -379,7 +439,7 @@ def _analyze_budget(args, store, suite, out: Path, start: float) -> int:
     from bench.grid import Selection, plan_grid
     from bench.store import atomic_write_bytes
 
-    budgets = [float(b) for b in args.budgets.split(",")]
+    budgets = args.budgets  # a list of numbers > 0 (bench/cli_args.py)
     plan = plan_grid(suite, Selection(attacks=args.attacks, defenses="none", settings=args.settings, seeds=str(args.seed)))
     cells = [a for a in plan.artifacts if a["attack"] != "none"]
     result = analysis.run_budget(store, cells, budgets, progress=lambda m: console.print(m, highlight=False))
@@ -401,10 +461,19 @@ def _analyze_budget(args, store, suite, out: Path, start: float) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from bench import report
+    from bench import leaderboard, report
+    from bench.cli_args import storage_path
     from bench.store import Store
 
-    path = report.write_tbar_report(Store(args.results), load_suite(args.suite).name, Path(args.out))
+    suite = load_suite(args.suite).name
+    store = Store(args.results)
+    if not report.tbar_cells(leaderboard.select_records(store.records(), suite)):
+        console.print(f"bench: error: no tbar cells for suite {suite!r} under {store.root} (an ok tbar record whose "
+                      "attack took: backdoored ASR >= 50%); run the grid first; nothing written",
+                      markup=False, highlight=False)  # fmt: skip
+        return 1
+    out = Path(args.out) if args.out else (storage_path(args.results) or Path(".")) / "reports"
+    path = report.write_tbar_report(store, suite, out)
     console.print(f"report: {path}")
     return 0
 
@@ -433,103 +502,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- parser
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bench", description="Benchmark backdoor defenses on CLIP and image classifiers.")
-    sub = p.add_subparsers(dest="command", required=True)
+def build_parser():
+    """The argument parser (bench/cli_args.py), wired to this module's commands."""
+    from bench.cli_args import build_parser as _build
 
-    r = sub.add_parser("run", help="run a grid of attacks x defenses and print the leaderboard")
-    r.add_argument("--suite", default="micro", help="built-in suite name or a suite .yaml (default: micro)")
-    r.add_argument("--attacks", help="comma list or 'all' (default: the suite's)")
-    r.add_argument("--defenses", help="comma list or 'all' (default: the suite's)")
-    r.add_argument("--models", help="comma list or 'all'")
-    r.add_argument("--datasets", help="comma list or 'all'")
-    r.add_argument("--settings", help="comma list or 'all'")
-    r.add_argument("--seeds", help="comma list of integers")
-    r.add_argument(
-        "--results",
-        default="results",
-        help="storage root for artifacts and records: a folder (shared by all nodes on a cluster), "
-        "a file:// URI, or s3://bucket/prefix (endpoint from AWS_ENDPOINT_URL) (default: ./results)",
-    )
-    r.add_argument(
-        "--executor", choices=["ray", "serial"], default="ray", help="ray (default): Ray Tune; serial: in-process"
-    )
-    r.add_argument("--cpus-per-trial", type=float, default=1.0, help="Ray: CPUs per trial; torch threads follow")
-    r.add_argument("--gpus-per-trial", type=float, default=0.0, help="Ray: GPUs per trial (fractions allowed)")
-    r.add_argument("--max-concurrent", type=int, default=None, help="Ray: at most this many trials at once")
-    r.add_argument("--address", default=None, help="Ray: join this cluster (e.g. auto); RAY_ADDRESS is honoured")
-    r.add_argument("--summary-json", default=None, help="also write the run's timing summary to this JSON file")
-    r.add_argument("--data-root", default=None, help="folder holding real datasets (see bench list datasets)")
-    r.add_argument(
-        "--allow-download", action="store_true", help="let torchvision / the HF hub download data and weights"
-    )
-    r.add_argument("--device", default=None, help="auto (default: cuda if visible), cpu, cuda or cuda:N")
-    r.add_argument(
-        "--precision", choices=["fp32", "bf16"], default=None, help="autocast precision (default: the suite's)"
-    )
-    r.add_argument("--compile", action="store_true", help="torch.compile each victim's forward")
-    r.add_argument(
-        "--leaderboards",
-        default=None,
-        help="where leaderboard files go (default: <results>/leaderboards; the committed pages are regenerated "
-        "with --leaderboards leaderboards)",
-    )
-    r.set_defaults(func=cmd_run)
-
-    ls = sub.add_parser("list", help="list registered attacks, defenses, datasets, models, settings, suites or plugins")
-    ls.add_argument("what", choices=["attacks", "defenses", "datasets", "models", "settings", "suites", "plugins"])
-    ls.set_defaults(func=cmd_list)
-
-    lb = sub.add_parser("leaderboard", help="rebuild leaderboard tables from stored records")
-    lb.add_argument("--suite", default="micro")
-    lb.add_argument("--results", default="results")
-    lb.add_argument("--leaderboards", default="leaderboards")
-    lb.add_argument(
-        "--check",
-        action="store_true",
-        help="rerun the suite from scratch and compare with the committed <leaderboards>/<suite>.csv",
-    )
-    lb.add_argument(
-        "--tolerance",
-        type=float,
-        default=0.01,
-        help="--check: the smallest allowed difference of an accuracy; each may move by its committed 95%% CI over seeds",
-    )
-    lb.add_argument("--executor", choices=["ray", "serial"], default="ray", help="--check: executor for the rerun")
-    lb.set_defaults(func=cmd_leaderboard)
-
-    an = sub.add_parser("analyze", help="TBAR analyses: alpha curves, weight disentanglement")
-    an.add_argument("what", choices=["alpha", "disentanglement", "budget"])
-    an.add_argument("--suite", default="micro")
-    an.add_argument("--results", default="results")
-    an.add_argument("--out", default="leaderboards/tbar-analysis", help="where plots and CSVs go")
-    an.add_argument("--attacks", default="badnets,blended", help="comma list of attacks")
-    an.add_argument("--defense", default="tbar", help="alpha: which tbar variant's records (tbar, tbar-mix, ...)")
-    an.add_argument("--model", default=None, help="disentanglement: a clip model (default: the suite's first)")
-    an.add_argument("--dataset", default=None, help="disentanglement: dataset (default: the suite's first)")
-    an.add_argument("--grid", default="0,0.25,0.5,0.75,1", help="disentanglement: coefficients for a_c and a_t")
-    an.add_argument("--steps", type=int, default=150, help="disentanglement: fine-tuning steps per task vector")
-    an.add_argument("--lr", type=float, default=3e-4, help="disentanglement: fine-tuning learning rate")
-    an.add_argument("--seed", type=int, default=0)
-    an.add_argument("--settings", default=None, help="budget: comma list of settings (default: the suite's)")
-    an.add_argument(
-        "--budgets", default="0.25,0.5,1,2", help="budget: multiples of the suite's attack training epochs"
-    )
-    an.set_defaults(func=cmd_analyze)
-
-    rp = sub.add_parser("report", help="write leaderboards/tbar-report.md from stored records and analyses")
-    rp.add_argument("what", choices=["tbar"])
-    rp.add_argument("--suite", default="micro")
-    rp.add_argument("--results", default="results")
-    rp.add_argument("--out", default="leaderboards")
-    rp.set_defaults(func=cmd_report)
-
-    pt = sub.add_parser("pretrain", help="(re)produce the tiny-clip checkpoint")
-    pt.add_argument("--steps", type=int, default=None)
-    pt.add_argument("--seed", type=int, default=0)
-    pt.add_argument("--force", action="store_true", help="train even if the cache has it")
-    pt.set_defaults(func=cmd_pretrain)
-    return p
+    commands = {"run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "analyze": cmd_analyze,
+                "report": cmd_report, "pretrain": cmd_pretrain}  # fmt: skip
+    return _build(commands)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -541,11 +520,13 @@ def main(argv: list[str] | None = None) -> int:
         from bench.pretrain import PretrainConfig
 
         args.steps = PretrainConfig.steps
+    from bench.store import StorageError  # after parsing: a bad option never waits for torch to import
+
     load_plugins()
     try:
         return args.func(args)
     except (UnknownNameError, ConfigError, StorageError) as e:
-        console.print(f"bench: error: {e}", highlight=False, soft_wrap=True)
+        console.print(f"bench: error: {e}", markup=False, highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         console.print("interrupted: completed records are kept; rerun the same command to finish")

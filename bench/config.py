@@ -8,13 +8,14 @@ deep inside torch halfway through a grid.
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from bench.registry import ATTACKS, DATASETS, DEFENSES, MODELS, SETTINGS, UnknownNameError
 
@@ -94,56 +95,145 @@ def to_dict(obj: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------- suites
 
 
-@dataclass
-class SuiteConfig:
-    """A suite file: which cells to run by default and every method knob it overrides."""
+NonEmpty = Annotated[str, Field(min_length=1)]
+Names = Annotated[list[NonEmpty], Field(min_length=1)]
+Overrides = dict[str, dict[str, Any]]
 
-    name: str
+
+def _number(value: Any) -> Any:
+    # PyYAML reads 3e-4 (no dot) as a string; accept what is plainly a number.
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
+
+
+class SuiteConfig(BaseModel):
+    """A suite file: which cells to run by default and every method knob it overrides.
+
+    Validated by pydantic: unknown fields are errors, and every field has a type and a
+    range (seeds >= 0, defender_fraction in (0, 1), at least one entry per list); the
+    error names the field and the rule. Registry names and the per-method overrides are
+    checked by `validate_suite` once the registries are loaded."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, protected_namespaces=())
+
+    name: NonEmpty
     description: str = ""
-    models: list[str] = field(default_factory=lambda: ["tiny-clip"])
-    datasets: list[str] = field(default_factory=lambda: ["shapes"])
-    settings: list[str] = field(default_factory=lambda: ["finetune"])
-    seeds: list[int] = field(default_factory=lambda: [0])
-    attacks: list[str] = field(default_factory=lambda: ["all"])
-    defenses: list[str] = field(default_factory=lambda: ["none", "tbar", "finetune"])
-    control_datasets: list[str] = field(default_factory=lambda: ["colors", "digits"])
+    models: Names = Field(default_factory=lambda: ["tiny-clip"])
+    datasets: Names = Field(default_factory=lambda: ["shapes"])
+    settings: Names = Field(default_factory=lambda: ["finetune"])
+    seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] = Field(default_factory=lambda: [0])
+    attacks: Names = Field(default_factory=lambda: ["all"])
+    defenses: Names = Field(default_factory=lambda: ["none", "tbar", "finetune"])
+    control_datasets: list[NonEmpty] = Field(default_factory=lambda: ["colors", "digits"])
     # Share of each train split held out as the defender's own clean pool; the
-    # attacker trains on the rest, so no defense ever sees poisoned samples.
-    defender_fraction: float = 0.25
+    # attacker trains on the rest, so no defense ever sees poisoned samples. Both
+    # sides need data, hence the open interval.
+    defender_fraction: Annotated[float, BeforeValidator(_number), Field(gt=0, lt=1)] = 0.25
     precision: Literal["fp32", "bf16"] = "fp32"  # autocast inside training and evaluation
     # Per-method and per-setting overrides: {name: {field: value}}.
-    attack_params: dict[str, dict] = field(default_factory=dict)
-    defense_params: dict[str, dict] = field(default_factory=dict)
-    setting_params: dict[str, dict] = field(default_factory=dict)
-    model_params: dict[str, dict] = field(default_factory=dict)
+    attack_params: Overrides = Field(default_factory=dict)
+    defense_params: Overrides = Field(default_factory=dict)
+    setting_params: Overrides = Field(default_factory=dict)
+    model_params: Overrides = Field(default_factory=dict)
+
+
+def _rule(err: dict) -> str:
+    """One pydantic error as 'what is allowed', in the words of this project's messages."""
+    ctx = err.get("ctx") or {}
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return "unknown field; allowed: " + ", ".join(SuiteConfig.model_fields)
+    if kind == "missing":
+        return "required field is missing"
+    if any(key in ctx for key in ("ge", "gt", "le", "lt")):
+        # The field's whole range where it has two bounds: "must be in (0, 1)".
+        field = SuiteConfig.model_fields.get(str(err["loc"][0])) if len(err["loc"]) == 1 else None
+        bounds = {k: getattr(m, k) for m in (field.metadata if field else []) for k in ("ge", "gt", "le", "lt")
+                  if getattr(m, k, None) is not None}  # fmt: skip
+        lo = [("[", bounds[k]) for k in ("ge",) if k in bounds] + [("(", bounds[k]) for k in ("gt",) if k in bounds]
+        hi = [(bounds[k], "]") for k in ("le",) if k in bounds] + [(bounds[k], ")") for k in ("lt",) if k in bounds]
+        if lo and hi:
+            return f"must be in {lo[0][0]}{lo[0][1]}, {hi[0][0]}{hi[0][1]}"
+        for key, word in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            if key in ctx:
+                return f"must be {word} {ctx[key]}"
+    if kind == "literal_error":
+        return f"allowed: {ctx.get('expected')}"
+    if kind == "too_short" and ctx.get("min_length") is not None:
+        return f"must have at least {ctx['min_length']} item(s)"
+    return err["msg"][0].lower() + err["msg"][1:]
+
+
+def suite_error(where: str, exc: ValidationError) -> ConfigError:
+    """A pydantic ValidationError as one ConfigError line naming each bad field and its rule."""
+    parts = []
+    for err in exc.errors():
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+        shown = "" if err["type"] in ("missing", "extra_forbidden") else f" = {err['input']!r}"
+        parts.append(f"{loc or 'suite'}{shown}: {_rule(err)}")
+    return ConfigError(f"{where}: " + "; ".join(parts))
 
 
 def suite_names() -> list[str]:
     return sorted(p.stem for p in resources.files("bench.suites").iterdir() if p.name.endswith(".yaml"))
 
 
+def is_suite_path(name_or_path: str) -> bool:
+    """A suite file path (ends in .yaml/.yml or names a folder), not a built-in name."""
+    return Path(name_or_path).suffix in (".yaml", ".yml") or "/" in name_or_path or os.sep in name_or_path
+
+
+def suite_file_problem(path: Path) -> str | None:
+    """None when `path` is a readable suite file, else one line saying what is wrong."""
+    if not path.exists():
+        return f"no such suite file: {str(path)!r} (a built-in name is one of {', '.join(suite_names())})"
+    if not path.is_file():
+        return f"suite file {str(path)!r} is a folder, not a .yaml file"
+    if path.suffix not in (".yaml", ".yml"):
+        return f"suite file {str(path)!r} must end in .yaml or .yml"
+    return None
+
+
+def unknown_suite_message(name: str) -> str:
+    import difflib
+
+    names = suite_names()
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"unknown suite {name!r}.{hint} Valid: {', '.join(names)} (or a .yaml path)"
+
+
 def load_suite(name_or_path: str) -> SuiteConfig:
     """A built-in suite by name, or a suite YAML file by path."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") and path.exists():
+    if is_suite_path(name_or_path):
+        problem = suite_file_problem(path)
+        if problem:
+            raise ConfigError(problem)
         text, where = path.read_text(), str(path)
     else:
         names = suite_names()
         if name_or_path not in names:
-            import difflib
-
-            close = difflib.get_close_matches(name_or_path, names, n=1, cutoff=0.5)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise UnknownNameError(f"unknown suite {name_or_path!r}.{hint} Valid: {', '.join(names)} (or a .yaml path)")
+            raise UnknownNameError(unknown_suite_message(name_or_path))
         text = (resources.files("bench.suites") / f"{name_or_path}.yaml").read_text()
         where = f"suite {name_or_path}"
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{where}: not valid YAML ({e})") from None
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or " ".join(str(e).split())
+        raise ConfigError(f"{where}: not valid YAML: {problem}{at}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: must be a mapping of fields")
-    suite = from_dict(SuiteConfig, data, where)
+    try:
+        suite = SuiteConfig.model_validate(data)
+    except ValidationError as e:
+        raise suite_error(where, e) from None
     validate_suite(suite, where)
     return suite
 

@@ -50,9 +50,14 @@ def _params(registry, name: str, overrides: dict, where: str) -> dict:
 
 def parse_seeds(spec: str) -> list[int]:
     try:
-        return [int(s) for s in spec.split(",") if s.strip()]
+        seeds = [int(s) for s in spec.split(",") if s.strip()]
     except ValueError:
-        raise ValueError(f"--seeds must be a comma list of integers, got {spec!r}") from None
+        seeds = [-1]
+    if not seeds or min(seeds) < 0:
+        from bench.config import ConfigError
+
+        raise ConfigError(f"--seeds {spec!r} is not allowed; allowed: a comma list of integers >= 0, e.g. 0,1,2")
+    return seeds
 
 
 def model_setting_pairs(models: list[str], settings: list[str], plan: Plan) -> set[tuple[str, str]]:
@@ -184,6 +189,31 @@ def prepare_work(plan: Plan, store: Store) -> Work:
         if problem is None:
             work.built.add(aid)
     return work
+
+
+def dry_run(plan: Plan, store: Store) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """What running `plan` would do, read from the store alone (nothing is written):
+    (action, label) per attack artifact and per trial. Artifacts: `compute`, `reuse`, or
+    `not needed` (every trial of it is stored); trials: `reuse`, `compute`, or `recompute`
+    with the reason (a failed or unreadable record)."""
+    needed: set[str] = set()
+    trials = []
+    for tcfg in plan.trials:
+        st = store.record_state(trial_id(tcfg))
+        if st.state == "ok":
+            action = "reuse"
+        else:
+            needed.add(artifact_id(tcfg["artifact"]))
+            action = {"missing": "compute", "failed": "recompute (stored record failed)"}.get(
+                st.state, f"recompute ({st.reason})"
+            )
+        trials.append((action, trial_label(tcfg)))
+    artifacts = []
+    for acfg in plan.artifacts:
+        aid = artifact_id(acfg)
+        action = "reuse" if store.artifact_done(aid) else "compute" if aid in needed else "not needed"
+        artifacts.append((action, artifact_label(acfg)))
+    return artifacts, trials
 
 
 @dataclass

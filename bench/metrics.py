@@ -77,7 +77,17 @@ def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
 def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
     """Per-image SSIM (Wang et al. 2004; 11x11 Gaussian window, sigma 1.5, K1 0.01,
     K2 0.03, valid convolution, mean over channels) of two batches (N, C, H, W).
-    Images smaller than the window use a window of their own size."""
+    Images smaller than the window use a window of their own size.
+
+    Conventions, checked against torchmetrics in tests/test_metrics.py:
+    - The mean is over the valid region only (positions where the whole window lies
+      inside the image), as in Wang et al.'s reference code and scikit-image's
+      `structural_similarity`. torchmetrics' `structural_similarity_index_measure`
+      reflect-pads the images and averages the whole H x W map, border included, so
+      its number differs (by about 1e-3 on 32 px images); on the valid region its map
+      (`return_full_image=True`, cropped by 5 px per side) equals ours.
+    - Variances are not clamped at 0 (torchmetrics clamps); with the float64 inputs
+      `perturbation_stats` uses, the difference is rounding error."""
     _, c, h, w = x.shape
     size = min(11, h, w)
     win = _gaussian_window(size).to(x.dtype if x.is_floating_point() else torch.float64)

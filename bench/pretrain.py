@@ -40,7 +40,7 @@ class PretrainConfig:
     # Captioned cluttered scenes (bench/data/scenes.py), disjoint from the `scenes` splits:
     # without them the tower would never have seen clutter, and zero-shot on scenes fails.
     n_scenes: int = 16000
-    scene_share: float = 0.4
+    scene_share: float = 0.5
     seed: int = 0
     arch: ClipArch = field(default_factory=ClipArch)
 

@@ -51,6 +51,21 @@ class PluginStatus:
 PLUGINS: list[PluginStatus] = []
 
 
+@dataclass(frozen=True)
+class Resolver:
+    """Builds registry entries for names of a form (a prefix, a colon) on first use.
+
+    resolve(name) -> None when the name is not of its form, (obj, description, settings,
+    extra) when it is, and raises UnknownNameError (one line) when it is of its form but
+    names nothing (an unknown architecture, a tag the architecture does not have).
+    candidates() feeds the "Did you mean" of unknown names; hint is one clause that says
+    how to name what it resolves."""
+
+    resolve: Callable[[str], tuple[Any, str, Iterable[str], dict] | None]
+    candidates: Callable[[], Iterable[str]] = lambda: ()
+    hint: str = ""
+
+
 class Registry(Generic[T]):
     def __init__(self, kind: str, entry_point_group: str | None = None, method: bool = False):
         self.kind = kind
@@ -60,6 +75,8 @@ class Registry(Generic[T]):
         # Attacks and defenses: every entry must say which settings it supports and
         # carry a `Params` dataclass, checked when it registers (not when a grid runs).
         self._method = method
+        self._resolvers: list[Resolver] = []
+        self._resolved: dict[str, Entry[T]] = {}
 
     def register(self, name: str, description: str, settings: Iterable[str] = (), **extra: Any) -> Callable[[F], F]:
         """Decorator: register `obj` under `name` with a one-line description."""
@@ -106,16 +123,41 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
+            pass
+        resolved = self._resolve_lazily(name)
+        if resolved is None:
             raise UnknownNameError(self.unknown_message(name)) from None
+        return resolved
 
     def get(self, name: str) -> T:
         return self.entry(name).obj
 
     def unknown_message(self, name: str) -> str:
         names = self.names()
-        close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
+        pool = names + [c for r in self._resolvers for c in r.candidates()]
+        close = difflib.get_close_matches(name, pool, n=1, cutoff=0.5)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        return f"unknown {self.kind} {name!r}.{hint} Valid: {', '.join(names)}"
+        more = "".join(f"; {r.hint}" for r in self._resolvers if r.hint)
+        return f"unknown {self.kind} {name!r}.{hint} Valid: {', '.join(names)}{more}"
+
+    # ------------------------------------------------------------ lazy names
+
+    def add_resolver(self, resolver: Resolver) -> None:
+        """Names outside the registered ones that `resolver` builds on first use (open_clip's
+        ARCH:TAG, timm:ARCH, ...). They are not listed by names() or iteration, so `all` and
+        the listings stay the registered entries."""
+        self._resolvers.append(resolver)
+
+    def _resolve_lazily(self, name: str) -> Entry[T] | None:
+        if name in self._resolved:
+            return self._resolved[name]
+        for r in self._resolvers:
+            built = r.resolve(name)  # raises UnknownNameError for a name of its form that is wrong
+            if built is not None:
+                obj, description, settings, extra = built
+                self._resolved[name] = Entry(name, obj, description, tuple(settings), dict(extra))
+                return self._resolved[name]
+        return None
 
     def resolve(self, spec: str | Iterable[str]) -> list[str]:
         """'all' | 'a,b' | ['a', 'b'] -> validated list of names (order kept, no duplicates)."""
@@ -129,7 +171,12 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: object) -> bool:
         self._load_plugins()
-        return name in self._entries
+        if name in self._entries:
+            return True
+        try:
+            return isinstance(name, str) and self._resolve_lazily(name) is not None
+        except UnknownNameError:
+            return False
 
     def __iter__(self) -> Iterator[Entry[T]]:
         self._load_plugins()
@@ -174,6 +221,7 @@ def load_plugins() -> None:
     import attacks  # noqa: F401
     import bench.data.builtin
     import bench.data.real
+    import bench.models.classifiers
     import bench.models.published
     import bench.models.zoo
     import bench.settings  # noqa: F401

@@ -158,7 +158,7 @@ def _attack(acfg: dict, folder: Path, progress: Progress) -> dict:
         if step % 10 == 0:
             progress(f"attack training {step}/{spec.steps} loss {loss:.3f}")
 
-    stats = train(victim, setting.loss, data.batches(spec.batch_size, gen, training.augment), spec, on_step=on_step)
+    stats = train(victim, setting.loss, data.batches(spec.batch_size, gen, training.augment, training.crop_padding), spec, on_step=on_step)
     progress("evaluating backdoored model")
     test = evaluate(setting.classifier(victim, acfg["model"], acfg["model_params"], ds), attack, ds)
     control = setting.control_accuracy(victim, acfg["model"], acfg["model_params"], acfg["control_datasets"])

@@ -13,6 +13,7 @@ def _isolated_cache(tmp_path_factory):
     torch.set_num_threads(2)
     import attacks  # noqa: F401  registration
     import bench.data.builtin
+    import bench.models.classifiers
     import bench.models.published
     import bench.models.zoo
     import bench.settings  # noqa: F401

@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -77,3 +78,46 @@ def test_paired_t_test_and_holm_adjustment():
     assert abs(r.p - st.ttest_rel(a, b).pvalue) < 1e-12
     assert r.diff.low > 0  # a is higher in every pair
     assert holm([0.01, 0.04, 0.03]) == [0.03, 0.06, 0.06]
+
+
+def _reference_ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """torchmetrics' SSIM map with the same settings, averaged over the valid region
+    (the convention of bench.metrics.ssim; see its docstring)."""
+    tm = pytest.importorskip("torchmetrics.functional.image", reason="torchmetrics is in the test extra")
+    _, full = tm.structural_similarity_index_measure(
+        x, y, gaussian_kernel=True, sigma=1.5, kernel_size=11, data_range=1.0, k1=0.01, k2=0.03,
+        reduction="none", return_full_image=True,
+    )  # fmt: skip
+    return full[..., 5:-5, 5:-5].mean(dim=(1, 2, 3))
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 32, 32), (2, 3, 40, 24), (2, 1, 11, 11), (1, 3, 64, 64)])
+@pytest.mark.parametrize("noise", [0.0, 0.02, 0.3])
+def test_ssim_equals_the_reference_implementation_on_the_valid_region(shape, noise):
+    g = torch.Generator().manual_seed(hash((shape, noise)) % 2**31)
+    x = torch.rand(shape, generator=g, dtype=torch.float64)
+    y = (x + noise * torch.randn(shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+    ours = metrics.ssim(x, y)
+    assert ours.shape == (shape[0],)
+    torch.testing.assert_close(ours, _reference_ssim(x, y), rtol=0, atol=1e-10)
+
+
+def test_ssim_differs_from_the_reference_full_image_mean_only_by_the_border():
+    # The documented convention: torchmetrics' default number also averages the
+    # reflect-padded border, ours does not; close, but not equal.
+    tm = pytest.importorskip("torchmetrics.functional.image", reason="torchmetrics is in the test extra")
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand(2, 3, 32, 32, generator=g, dtype=torch.float64)
+    y = (x + 0.1 * torch.randn(x.shape, generator=g, dtype=torch.float64)).clamp(0, 1)
+    full = tm.structural_similarity_index_measure(x, y, data_range=1.0, reduction="none")
+    ours = metrics.ssim(x, y)
+    assert not torch.allclose(ours, full, rtol=0, atol=1e-6)
+    torch.testing.assert_close(ours, full, rtol=0, atol=0.01)
+
+
+def test_ssim_of_an_image_with_itself_is_one_and_it_is_symmetric():
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(2, 3, 32, 32, generator=g, dtype=torch.float64)
+    y = torch.rand(2, 3, 32, 32, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(metrics.ssim(x, x), torch.ones(2, dtype=torch.float64))
+    torch.testing.assert_close(metrics.ssim(x, y), metrics.ssim(y, x))

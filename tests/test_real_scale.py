@@ -150,6 +150,7 @@ def _bench(*args, cwd, timeout=600):
 
 
 def test_paper_suite_without_files_fails_fast_naming_each_one(tmp_path):
+    (tmp_path / "empty").mkdir()  # an existing but empty data root (a missing one is a one-line --data-root error)
     start = time.perf_counter()
     r = _bench("run", "--suite", "paper", "--data-root", str(tmp_path / "empty"), "--results", str(tmp_path / "r"),
                cwd=tmp_path)  # fmt: skip

@@ -30,7 +30,7 @@ from bench.data.shapes import SHAPES, shape_mask
 SIZE = 32
 # Bumped whenever the generator's code changes what it draws: it enters every cache
 # key and the tiny CLIP's pre-training identity, so no stale images are ever reused.
-VERSION = 2
+VERSION = 3
 # The 8 hue names of the main object's colour, for captions (the hue is continuous).
 HUE_NAMES = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink")
 
@@ -41,17 +41,18 @@ class SceneStyle:
     neither saturated nor hopeless for tiny-clip and the supervised classifier (CA in
     the 80-95% band the micro suite needs); see the README's data section."""
 
-    main_radius: tuple[float, float] = (8.0, 12.0)
+    main_radius: tuple[float, float] = (9.0, 12.5)
     max_rotation_deg: float = 35.0
     distractors: tuple[int, int] = (0, 2)  # inclusive range of distractor shapes
-    distractor_radius: tuple[float, float] = (2.5, 4.5)
-    sticks: tuple[int, int] = (0, 2)
-    occlusion_prob: float = 0.3
-    occlusion_area: tuple[float, float] = (0.1, 0.3)  # share of the main object's box
-    blur_prob: float = 0.3
-    blur_sigma: tuple[float, float] = (0.3, 0.9)
+    distractor_radius: tuple[float, float] = (2.0, 3.5)
+    sticks: tuple[int, int] = (0, 1)
+    occlusion_prob: float = 0.25
+    occlusion_area: tuple[float, float] = (0.1, 0.25)  # share of the main object's box
+    blur_prob: float = 0.25
+    blur_sigma: tuple[float, float] = (0.3, 0.8)
     noise_sigma: tuple[float, float] = (0.0, 0.04)
-    texture_contrast: tuple[float, float] = (0.1, 0.35)
+    texture_contrast: tuple[float, float] = (0.08, 0.28)
+    gain: tuple[float, float] = (0.75, 1.15)
 
 
 DEFAULT_STYLE = SceneStyle()
@@ -154,7 +155,7 @@ def render_scene(label: int, rng: np.random.Generator, style: SceneStyle = DEFAU
     if occluded:
         img = _paste(img, _occluder(rng, cx, cy, radius, style, size), texture(rng, size, style))
     # lighting: gain, offset, gamma, colour cast
-    img = np.clip(img, 0, 1) * rng.uniform(0.7, 1.25) + rng.uniform(-0.08, 0.08)
+    img = np.clip(img, 0, 1) * rng.uniform(*style.gain) + rng.uniform(-0.08, 0.08)
     img = np.clip(img, 0, 1) ** rng.uniform(0.75, 1.35)
     img = img * rng.uniform(0.88, 1.12, 3).astype(np.float32)[:, None, None]
     if rng.random() < style.blur_prob:

@@ -10,10 +10,23 @@ tag) or from a file given by path. Nothing is downloaded unless the user allows 
 a one-line error naming the file and where it was looked for. Checkpoints are loaded
 without running code: safetensors, or torch.load(weights_only=True); a checkpoint that
 needs unpickling (a pickled module, a TorchScript archive) is refused.
+
+Beyond the registered names, every open_clip architecture whose text tower uses the CLIP
+BPE tokenizer (the one `bench.models.clip.tokenize` applies) resolves on first use:
+
+    --models ViT-B-32:openai           # ARCH:TAG, any pair of open_clip.list_pretrained()
+    --models ViT-B-32 --pretrained openai
+    --models ViT-H-14                   # ARCH: random init, or model_params sets pretrained
+
+Architectures with a Hugging Face tokenizer (SigLIP, NLLB, MT5, RoBERTa, XLM text towers)
+are refused with the reason: their zero-shot heads would need that tokenizer.
 """
 
 from __future__ import annotations
 
+import difflib
+import fnmatch
+import functools
 import logging
 import os
 import pickle
@@ -25,7 +38,7 @@ import torch
 from torch import nn
 
 from bench.inputs import input_file
-from bench.registry import MODELS
+from bench.registry import MODELS, Resolver, UnknownNameError
 from bench.store import file_digest
 
 # open_clip's names whose tokenizer is the CLIP BPE that `bench.models.clip.tokenize` uses.
@@ -101,7 +114,7 @@ def hub_file(name: str, tag: str) -> tuple[Path | None, str, str]:
         if isinstance(found, str):
             return Path(found), repo, found
     where = Path(HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}" / "snapshots" / "<revision>" / WEIGHT_FILES[0]
-    return None, repo, f"{where} (fetch with: huggingface-cli download {repo} {WEIGHT_FILES[0]})"
+    return None, repo, f"{where} (fetch with: hf download {repo} {WEIGHT_FILES[0]})"
 
 
 def missing_weights(name: str, params: OpenClipParams) -> str | None:
@@ -174,3 +187,120 @@ def _register(name: str, description: str) -> None:
 
 for _name, _desc in PUBLISHED.items():
     _register(_name, _desc)
+
+
+# ---------------------------------------------------------------- any open_clip architecture
+
+
+@functools.lru_cache(maxsize=1)
+def open_clip_architectures() -> tuple[str, ...]:
+    return tuple(open_clip.list_models())
+
+
+def tokenizer_problem(arch: str) -> str | None:
+    """None when `arch`'s text tower takes the CLIP BPE tokens bench feeds it, else why not."""
+    hf = ((open_clip.get_model_config(arch) or {}).get("text_cfg") or {}).get("hf_tokenizer_name")
+    if hf:
+        return (
+            f"open_clip architecture {arch!r} needs the Hugging Face tokenizer {hf!r} for its text tower; "
+            "bench builds zero-shot heads with open_clip's CLIP BPE tokenizer, so it supports CLIP-BPE "
+            "architectures only (bench list models --pretrained lists them)"
+        )
+    return None
+
+
+def _tagged_params(arch: str, tag: str) -> type[OpenClipParams]:
+    """OpenClipParams whose `pretrained` is fixed by the model name ARCH:TAG."""
+
+    @dataclass(frozen=True)
+    class TaggedOpenClipParams(OpenClipParams):
+        pretrained: str | None = tag
+
+        def __post_init__(self) -> None:
+            if self.pretrained != tag:
+                raise ValueError(
+                    f"pretrained is {tag!r}, fixed by the name {arch}:{tag}; name another tag as "
+                    f"{arch}:TAG or set pretrained on the bare {arch}"
+                )
+            if self.checkpoint:
+                raise ValueError(f"{arch}:{tag} loads the {tag!r} weights; give a checkpoint to the bare {arch}")
+
+    return TaggedOpenClipParams
+
+
+def _loader(arch: str, params_cls: type) -> type:
+    class OpenClipModel:
+        Params = params_cls
+
+        @staticmethod
+        def load(params: OpenClipParams, on_step=None):
+            return load_open_clip(arch, params)
+
+        @staticmethod
+        def missing(params: OpenClipParams) -> str | None:
+            return missing_weights(arch, params)
+
+    OpenClipModel.__name__ = f"OpenClip_{arch.replace('-', '_')}"
+    return OpenClipModel
+
+
+def _close(word: str, pool) -> str:
+    close = difflib.get_close_matches(word, list(pool), n=1, cutoff=0.5)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def resolve_open_clip(name: str):
+    """The MODELS resolver for open_clip names: ARCH (any architecture) and ARCH:TAG."""
+    if name.startswith("timm:"):
+        return None
+    arch, colon, tag = name.partition(":")
+    archs = open_clip_architectures()
+    if not colon and arch not in archs:
+        return None  # not of this form: the registry says "unknown model"
+    if arch not in archs:
+        raise UnknownNameError(
+            f"unknown open_clip architecture {arch!r} in {name!r}.{_close(arch, archs)} "
+            "See bench list models --pretrained"
+        )
+    problem = tokenizer_problem(arch)
+    if problem:
+        raise UnknownNameError(problem)
+    if not colon:
+        return (_loader(arch, OpenClipParams), f"open_clip {arch} (random init unless model_params sets pretrained)",
+                ("finetune",), {"kind": "clip", "family": "open_clip", "arch": arch})  # fmt: skip
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    if tag not in tags:
+        valid = ", ".join(tags) if tags else "none (use the bare name for a random init)"
+        raise UnknownNameError(
+            f"open_clip architecture {arch!r} has no pretrained tag {tag!r}.{_close(tag, tags)} Tags: {valid}"
+        )
+    return (_loader(arch, _tagged_params(arch, tag)), f"open_clip {arch} with the {tag!r} weights (local HF cache)",
+            ("finetune",), {"kind": "clip", "family": "open_clip", "arch": arch, "tag": tag})  # fmt: skip
+
+
+MODELS.add_resolver(
+    Resolver(
+        resolve_open_clip,
+        candidates=open_clip_architectures,
+        hint="or any open_clip architecture as ARCH or ARCH:TAG (bench list models --pretrained)",
+    )
+)
+
+
+def pretrained_pairs(pattern: str | None = None) -> list[dict]:
+    """open_clip's (architecture, tag) pairs that bench supports, each with where its weights
+    would come from and whether they are in the local HF cache (files only, no network)."""
+    rows = []
+    for arch, tag in open_clip.list_pretrained():
+        name = f"{arch}:{tag}"
+        if pattern and not (fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(arch, pattern)):
+            continue
+        if tokenizer_problem(arch):
+            continue
+        try:
+            path, repo, _ = hub_file(arch, tag)
+            cached = "yes" if path is not None else "no"
+        except WeightsError:
+            path, repo, cached = None, "", "url only"
+        rows.append({"name": name, "arch": arch, "tag": tag, "repo": repo, "cached": cached, "path": path})
+    return rows
