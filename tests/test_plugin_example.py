@@ -52,8 +52,9 @@ def test_the_example_plugin_installs_and_reaches_the_leaderboard(tmp_path):
     r = bench("run", "--suite", str(tmp_path / "plugin.yaml"), "--attacks", "frame", "--defenses", "weight-noise",
               "--executor", "serial", "--results", str(tmp_path / "res"), "--leaderboards", str(tmp_path / "lb"))  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
-    board = (tmp_path / "lb" / "plugin.md").read_text()
-    assert "| tiny-resnet | shapes | supervised | frame |" in board and "weight-noise" in board
+    rows = (tmp_path / "lb" / "plugin.csv").read_text().splitlines()
+    assert any(r.startswith("tiny-resnet,shapes,supervised,frame,weight-noise,") for r in rows), rows
+    assert "frame" in (tmp_path / "lb" / "plugin.md").read_text()
     (artifact,) = (tmp_path / "res" / "artifacts").iterdir()
     assert (artifact / "trigger.png").exists()
     assert "data:image/png;base64" in (tmp_path / "lb" / "plugin.html").read_text()  # the thumbnail
