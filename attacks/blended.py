@@ -11,6 +11,7 @@ from PIL import Image
 
 from attacks.base import Attack, AttackParams
 from attacks.images import save_png
+from bench.inputs import PATTERN_MAX_BYTES, input_file, open_regular
 from bench.registry import ATTACKS
 
 
@@ -23,7 +24,9 @@ def noise_pattern(image_shape: tuple[int, int, int], seed: int) -> torch.Tensor:
 def file_pattern(path: str, image_shape: tuple[int, int, int]) -> torch.Tensor:
     c, h, w = image_shape
     try:
-        img = Image.open(path).convert("RGB" if c == 3 else "L").resize((w, h), Image.Resampling.BILINEAR)
+        # Only a regular file of bounded size, opened without blocking (a FIFO would hang).
+        with open_regular(path, "attack_params.blended.pattern_file", PATTERN_MAX_BYTES) as f:
+            img = Image.open(f).convert("RGB" if c == 3 else "L").resize((w, h), Image.Resampling.BILINEAR)
     except (OSError, ValueError) as e:
         raise ValueError(f"blended.pattern_file {path!r} cannot be read as an image ({e})") from None
     arr = np.asarray(img, dtype=np.float32) / 255.0
@@ -38,7 +41,8 @@ def blend(x: torch.Tensor, pattern: torch.Tensor, alpha: float) -> torch.Tensor:
 @dataclass(frozen=True)
 class BlendedParams(AttackParams):
     alpha: float = 0.2
-    pattern_file: str | None = None  # None: seeded uniform noise
+    # None: seeded uniform noise. A file enters the artifact id by its SHA-256 (bench.inputs).
+    pattern_file: str | None = input_file(max_bytes=PATTERN_MAX_BYTES)
 
     def __post_init__(self) -> None:
         super().__post_init__()

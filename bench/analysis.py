@@ -22,7 +22,7 @@ from torch import nn
 from bench import metrics, taskvec
 from bench.data.base import load_dataset
 from bench.splits import defender_split, subseed
-from bench.store import Store, atomic_write_json
+from bench.store import Store
 from bench.train import TrainSpec, index_batches, train
 
 Vector = Mapping[str, torch.Tensor]
@@ -103,7 +103,7 @@ def run_alpha(store: Store, record: dict, alphas: Sequence[float]) -> dict:
     record, from its stored trigger vector and artifact (no retraining)."""
     from bench.trial import load_artifact
 
-    vec_path = store.root / "trials" / record["trial_id"] / "trigger_vector.safetensors"
+    vec_path = store.local_root() / "trials" / record["trial_id"] / "trigger_vector.safetensors"
     if not vec_path.exists():
         raise FileNotFoundError(
             f"{vec_path}: this tbar record has no stored trigger vector (recorded before vectors were kept); "
@@ -237,9 +237,7 @@ def run_disentanglement(
 
 
 def save(result: dict, store: Store, name: str) -> Path:
-    path = store.root / "analysis" / f"{name}.json"
-    atomic_write_json(path, result)
-    return path
+    return store.put_json(f"analysis/{name}.json", result)
 
 
 def finite(v) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -13,22 +14,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from bench.config import ConfigError, load_suite, suite_names
-from bench.registry import UnknownNameError
+from bench.registry import UnknownNameError, load_plugins
 
 console = Console(stderr=True, soft_wrap=True)
 out = Console()
-
-
-def load_plugins() -> None:
-    # Importing these packages registers the built-in methods, data and models.
-    import attacks  # noqa: F401
-    import bench.data.builtin
-    import bench.data.real
-    import bench.models.classifiers
-    import bench.models.published
-    import bench.models.zoo
-    import bench.settings  # noqa: F401
-    import defenses  # noqa: F401
 
 
 def _threads() -> None:
@@ -60,6 +49,8 @@ def cmd_list(args: argparse.Namespace) -> int:
                 table.add_row(name, load_suite(name).description)
         out.print(table)
         return 0
+    if args.what == "plugins":
+        return _list_plugins()
     if args.pretrained:
         table = Table("model (for --models)", "cached", "weights file, or the hub repo to fetch from")
         table.columns[0].no_wrap = table.columns[1].no_wrap = True
@@ -79,6 +70,22 @@ def cmd_list(args: argparse.Namespace) -> int:
     out.print(table)
     if args.what == "models":
         out.print(listing.naming_note(), highlight=False)
+    return 0
+
+
+def _list_plugins() -> int:
+    from bench.registry import plugin_status
+
+    plugins = plugin_status()
+    if not plugins:
+        out.print("no plugins installed (entry points in groups bench.attacks, bench.defenses, bench.datasets, "
+                  "bench.models; see the README's 'Writing a plugin')")  # fmt: skip
+        return 0
+    table = Table("plugin", "package", "entry point", "status", "registered")
+    for p in plugins:
+        status = p.status if p.status == "ok" else f"[red]{p.status}[/]"
+        table.add_row(p.name, p.package, f"{p.group}: {p.value}", status, ", ".join(p.registered) or "-")
+    out.print(table)
     return 0
 
 
@@ -126,6 +133,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.trial import trial_id
 
     suite = load_suite(args.suite)
+    store = Store(args.results)  # a bad --results is an error before anything else (nothing is created)
     models = args.models
     if getattr(args, "pretrained", None):
         from bench.cli_args import with_pretrained
@@ -140,6 +148,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.seeds,
         getattr(args, "precision", None),
     )
+    _apply_environment(args)  # before planning: input files under --data-root enter the trial ids
     plan = plan_grid(suite, sel)
     _apply_environment(args)  # a bad --device is an error before anything is printed
     by_reason: dict[str, list[str]] = {}
@@ -159,7 +168,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         for p in problems:
             console.print(f"  {p}", highlight=False, soft_wrap=True)
         return 2
-    store = Store(args.results)
     ray_opts = None
     if args.executor == "ray":
         from bench.ray_grid import RayOptions
@@ -170,7 +178,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         _threads()
     console.print(
         f"suite [bold]{suite.name}[/]: {len(plan.artifacts)} attack artifacts, {len(plan.trials)} trials "
-        f"-> {store.root} ({args.executor} executor)"
+        f"-> {store} ({args.executor} executor)"
     )
     with Progress(
         TextColumn("[bold]{task.fields[label]}"),
@@ -204,19 +212,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.summary_json:
         from bench.store import atomic_write_json
 
-        atomic_write_json(
-            Path(args.summary_json),
-            {
-                "executor": summary.executor,
-                "workers": summary.workers,
-                "wall_s": summary.wall_s,
-                "compute_s": summary.compute_s,
-                "overhead_share": summary.overhead_share,
-                "computed": summary.computed,
-                "reused": summary.reused,
-                "failed": len(summary.failed),
-            },
+        with contextlib.suppress(OSError) if summary.aborted else contextlib.nullcontext():
+            atomic_write_json(
+                Path(args.summary_json),
+                {
+                    "executor": summary.executor,
+                    "workers": summary.workers,
+                    "wall_s": summary.wall_s,
+                    "compute_s": summary.compute_s,
+                    "overhead_share": summary.overhead_share,
+                    "computed": summary.computed,
+                    "reused": summary.reused,
+                    "failed": len(summary.failed),
+                    "aborted": summary.aborted,
+                },
+            )
+    if summary.aborted:  # the storage refused a write: one line, no leaderboard, exit 1
+        console.print(
+            f"bench: error: {summary.aborted}; the grid stopped with {summary.computed + summary.reused} of "
+            f"{len(plan.trials)} trials stored ({summary.computed} in this run) and nothing partial written; "
+            "once it can write again, rerun the same command to resume",
+            highlight=False,
+            soft_wrap=True,
         )
+        return 1
     for path, reason in summary.corrupt:
         console.print(f"[yellow]recomputed[/] {path}: {reason}", highlight=False)
     console.print(
@@ -225,7 +244,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"harness overhead {100 * summary.overhead_share:.0f}% of worker time)"
     )
     records = leaderboard.select_records(store.records(), suite.name, {trial_id(t) for t in plan.trials})
-    out_dir = Path(args.leaderboards) if args.leaderboards else store.root / "leaderboards"
+    # (an object-store root has no local folder of its own: there, ./leaderboards)
+    default_dir = Path("." if store.remote else store.root) / "leaderboards"
+    out_dir = Path(args.leaderboards) if args.leaderboards else default_dir
     paths = leaderboard.write(records, suite.name, out_dir, store)
     sys.stdout.write(Path(paths["markdown"]).read_text())
     console.print("leaderboard: " + ", ".join(str(p) for p in paths.values()))
@@ -270,7 +291,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     store = Store(args.results)
     records = leaderboard.select_records(store.records(), args.suite)
     if not records:
-        console.print(f"[red]no records[/] for suite {args.suite!r} under {store.root}")
+        console.print(f"[red]no records[/] for suite {args.suite!r} under {store}")
         return 1
     paths = leaderboard.write(records, args.suite, Path(args.leaderboards), store)
     sys.stdout.write(Path(paths["markdown"]).read_text())
@@ -340,7 +361,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             raise ConfigError(f"--model {model!r}: disentanglement needs a clip model (bench list models)")
         DATASETS.entry(dataset)
     store = Store(args.results)
-    out = Path(args.out) if args.out else storage_path(args.results) / "reports" / "tbar-analysis"
+    out = Path(args.out) if args.out else (storage_path(args.results) or Path(".")) / "reports" / "tbar-analysis"
     start = time.perf_counter()
     _threads()
     if args.what == "budget":
@@ -355,7 +376,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         ]  # fmt: skip
         if not records:
             console.print(f"bench: error: no ok {args.defense!r} records for attacks {sorted(attacks)} of suite "
-                          f"{suite.name!r} under {store.root}; run the grid first")  # fmt: skip
+                          f"{suite.name!r} under {store}; run the grid first")  # fmt: skip
             return 1
         for r in sorted(records, key=lambda r: r["config"]["attack"]):
             c = r["config"]
@@ -451,7 +472,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                       "attack took: backdoored ASR >= 50%); run the grid first; nothing written",
                       markup=False, highlight=False)  # fmt: skip
         return 1
-    out = Path(args.out) if args.out else storage_path(args.results) / "reports"
+    out = Path(args.out) if args.out else (storage_path(args.results) or Path(".")) / "reports"
     path = report.write_tbar_report(store, suite, out)
     console.print(f"report: {path}")
     return 0

@@ -170,23 +170,22 @@ def suite_ref(text: str) -> str:
     return text
 
 
-def storage_path(text: str) -> Path:
-    """The folder a storage root names (plain path or file:// URI)."""
-    if "://" in text:
-        scheme, _, rest = text.partition("://")
-        if scheme != "file":
-            raise argparse.ArgumentTypeError(
-                f"{text!r}: storage URIs must be file:// (a folder every node mounts); mount {scheme}:// "
-                "storage with its FUSE driver and pass the mount path"
-            )
-        return Path(rest)
-    return Path(text)
+def storage_path(text: str) -> Path | None:
+    """The local folder a storage root names (a path, or a file:// URI per RFC 8089);
+    None for an object store (s3://), which has no folder to check here."""
+    from bench.fs import StorageError, parse_root
+
+    try:
+        spec = parse_root(text, option="")
+    except StorageError as e:
+        raise argparse.ArgumentTypeError(str(e).strip()) from None
+    return spec.path if spec.kind == "local" else None
 
 
 def results_root(text: str) -> str:
     """A storage root that may not exist yet, but is not a file."""
     path = storage_path(text)
-    if path.exists() and not path.is_dir():
+    if path is not None and path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text!r} is a file; allowed: a folder (created if missing) or file:// URI")
     return text
 
@@ -194,7 +193,7 @@ def results_root(text: str) -> str:
 def existing_results(text: str) -> str:
     """A storage root that exists (commands that read results)."""
     path = storage_path(results_root(text))
-    if not path.is_dir():
+    if path is not None and not path.is_dir():
         raise argparse.ArgumentTypeError(f"no results folder {text!r}; allowed: a folder written by bench run")
     return text
 
@@ -262,7 +261,8 @@ def with_pretrained(models: str, tag: str) -> str:
 
 def require_results(text: str, option: str = "--results") -> None:
     """The check of existing_results, for commands where it depends on another option."""
-    if not storage_path(text).is_dir():
+    path = storage_path(text)
+    if path is not None and not path.is_dir():
         raise ConfigError(f"{option} {text!r}: no such results folder; allowed: a folder written by bench run")
 
 
@@ -308,7 +308,8 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:
         "--results",
         type=results_root,
         default="results",
-        help="storage root for artifacts and records: a folder (shared by all nodes on a cluster) or a file:// URI",
+        help="storage root for artifacts and records: a folder (shared by all nodes on a cluster), a file:// URI, "
+        "or s3://bucket/prefix (endpoint from AWS_ENDPOINT_URL)",
     )
     r.add_argument("--executor", choices=["ray", "serial"], default="ray", help="ray: Ray Tune; serial: in-process")
     r.add_argument("--cpus-per-trial", type=positive_float, default=1.0, help="Ray: CPUs per trial; torch threads follow")
@@ -341,8 +342,8 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:
         help="print the grid (artifacts and trials) and whether each would be computed or reused, then exit",
     )
 
-    ls = command("list", "list registered attacks, defenses, datasets, models, settings or suites")
-    ls.add_argument("what", choices=["attacks", "defenses", "datasets", "models", "settings", "suites"],
+    ls = command("list", "list registered attacks, defenses, datasets, models, settings, suites or plugins")
+    ls.add_argument("what", choices=["attacks", "defenses", "datasets", "models", "settings", "suites", "plugins"],
                     help="which registry to list")  # fmt: skip
     ls.add_argument(
         "pattern", nargs="?", help="shell-style filter on names, e.g. 'ViT-B*' or 'timm:resnet*' (quote it)"

@@ -12,9 +12,11 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bench.config import SuiteConfig, from_dict, to_dict
+from bench import runtime
+from bench.config import ConfigError, SuiteConfig, from_dict, to_dict
+from bench.inputs import config_inputs
 from bench.registry import ATTACKS, DATASETS, DEFENSES, MODELS, SETTINGS
-from bench.store import Store
+from bench.store import Store, StoreWriteError
 from bench.trial import artifact_id, check_cell, failed_record, run_attack, run_defense_counted, trial_id
 
 
@@ -41,6 +43,8 @@ class Plan:
 def _params(registry, name: str, overrides: dict, where: str) -> dict:
     cls = registry.get(name)
     params_cls = getattr(cls, "Params", None)
+    if params_cls is None and registry is DEFENSES:
+        raise ConfigError(f"defense {name!r} has no Params dataclass; give it one (an empty @dataclass for none)")
     return to_dict(from_dict(params_cls, overrides.get(name), f"{where}.{name}")) if params_cls else {}
 
 
@@ -110,6 +114,11 @@ def plan_grid(suite: SuiteConfig, sel: Selection) -> Plan:
                         if reason:
                             plan.skipped.append((cell, reason))
                             continue
+                        # Files the config names enter its identity by content (bench.inputs);
+                        # only when there are some, so ids of file-free configs stay as they were.
+                        inputs = config_inputs(acfg)
+                        if inputs:
+                            acfg["inputs"] = inputs
                         plan.artifacts.append(acfg)
                         for defense in defenses:
                             entry = DEFENSES.entry(defense)
@@ -167,7 +176,18 @@ def prepare_work(plan: Plan, store: Store) -> Work:
         aid = artifact_id(tcfg["artifact"])
         work.artifacts.setdefault(aid, tcfg["artifact"])
         work.trials.setdefault(aid, []).append(tcfg)
-    work.built = {aid for aid in work.artifacts if store.artifact_done(aid)}
+    for aid in work.artifacts:
+        # Locally the hash is checked too (through the digest cache, so once per file);
+        # on object storage the size here, the hash when a unit downloads it.
+        problem = store.artifact_problem(aid, verify_hash=not store.remote)
+        if problem not in (None, "missing"):
+            with store.claim(aid):  # nobody is rebuilding it right now
+                problem = store.artifact_problem(aid, verify_hash=not store.remote)
+                if problem not in (None, "missing"):
+                    store.quarantine_artifact(aid, problem)
+                    problem = "missing"
+        if problem is None:
+            work.built.add(aid)
     return work
 
 
@@ -217,6 +237,7 @@ class RunSummary:
     executor: str = "serial"
     records: list[dict] = field(default_factory=list)
     nodes: dict[str, int] = field(default_factory=dict)  # Ray node id -> units it ran
+    aborted: str = ""  # why the grid stopped early (a write the storage refused), else ""
 
     def land(self, record: dict, computed: bool, events: Events) -> None:
         self.records.append(record)
@@ -265,6 +286,15 @@ def run_serial(
     summary = RunSummary(corrupt=work.corrupt)
     for rec in work.reused:
         summary.land(rec, False, events)
+    try:
+        _serial_units(work, store, summary, events)
+    except StoreWriteError as e:  # a full or failing disk: stop here, what landed stays
+        summary.aborted = str(e)
+    summary.wall_s = time.perf_counter() - start
+    return summary
+
+
+def _serial_units(work: Work, store: Store, summary: RunSummary, events: Events) -> None:
     for aid, tcfgs in work.trials.items():
         if aid not in work.built:
             events.on_start(f"attack {artifact_label(work.artifacts[aid])}")
@@ -279,20 +309,24 @@ def run_serial(
             result = defense_unit(tcfg, store, events.progress)
             summary.compute_s += result["compute_s"]
             summary.land(result["record"], result["computed"], events)
-    summary.wall_s = time.perf_counter() - start
-    return summary
 
 
 # ---------------------------------------------------------------- units
 # The two kinds of work, as functions of plain data: the serial executor calls them
-# in-process, the Ray executor inside its trials. Neither raises for a method's error.
+# in-process, the Ray executor inside its trials. Neither raises for a method's error;
+# both raise StoreWriteError when the storage refuses a write, which stops the grid.
+# Both run as the reproducibility mode says whatever the executor (runtime.fixed_threads:
+# one thread, deterministic algorithms), so an artifact's bytes do not depend on who built it.
 
 
 def attack_unit(acfg: dict, store: Store, progress: Callable[[str], None] = lambda m: None) -> dict:
     start = time.perf_counter()
     try:
-        run_attack(acfg, store, progress)
+        with runtime.fixed_threads():
+            run_attack(acfg, store, progress)
         return {"ok": True, "compute_s": time.perf_counter() - start}
+    except StoreWriteError:
+        raise
     except Exception as e:
         return {
             "ok": False,
@@ -315,5 +349,6 @@ def defense_unit(
     tcfg: dict, store: Store, progress: Callable[[str], None] = lambda m: None, worker: dict | None = None
 ) -> dict:
     start = time.perf_counter()
-    record, computed = run_defense_counted(tcfg, store, progress, worker)
+    with runtime.fixed_threads():
+        record, computed = run_defense_counted(tcfg, store, progress, worker)
     return {"record": record, "computed": computed, "compute_s": time.perf_counter() - start}

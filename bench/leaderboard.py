@@ -422,7 +422,7 @@ def write(records: list[dict], suite: str, out_dir: Path, store=None, provenance
     paths = {"markdown": out_dir / f"{suite}.md", "csv": out_dir / f"{suite}.csv", "html": out_dir / f"{suite}.html"}
     atomic_write_bytes(paths["markdown"], render_markdown(board).encode())
     atomic_write_bytes(paths["csv"], csv_text(board).encode())
-    root = store.root if store is not None else None
+    root = store.local_root() if store is not None else None
     atomic_write_bytes(paths["html"], render_html(board, root).encode())
     return paths
 

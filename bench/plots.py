@@ -91,7 +91,8 @@ def curves(records: list[dict]) -> bytes | None:
         ax.axis("off")
     axes[0][0].set_ylabel("validation CA retention (%)")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=min(6, len(labels)), bbox_to_anchor=(0.5, -0.02))
+    if labels:  # a grid of the `none` row alone has curves but no defense to label
+        fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=min(6, len(labels)), bbox_to_anchor=(0.5, -0.02))
     fig.suptitle("Trade-off curves on validation (each defense over its strength knob; dotted: 95% and 90% retention)", fontsize=9)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     return _png(fig)

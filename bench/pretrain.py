@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from bench.data import builtin, scenes
 from bench.data.base import cache_dir, load_dataset
 from bench.models.clip import ClipArch, ZeroShotClassifier, build_clip, normalize_images, tokenize, zeroshot_weights
-from bench.store import config_hash, file_lock, load_weights, save_weights
+from bench.runtime import fixed_threads
+from bench.store import CorruptCheckpointError, config_hash, file_lock, load_weights, quarantine, save_weights
 from bench.train import TrainSpec, train
 
 log = logging.getLogger(__name__)
@@ -156,11 +157,19 @@ def get_pretrained(cfg: PretrainConfig = PretrainConfig(), on_step=None, force: 
     with file_lock(path.with_suffix(".lock")):
         # The sidecar is written last, so it marks a complete checkpoint.
         if not force and path.with_suffix(".safetensors").exists() and path.with_suffix(".json").exists():
-            meta = load_weights(model, path)
-            model.eval()
-            return model, meta["info"]
+            try:
+                meta = load_weights(model, path)
+                model.eval()
+                return model, meta["info"]
+            except CorruptCheckpointError as e:  # altered or truncated: set aside and train again
+                quarantine(
+                    [path.with_suffix(".json"), path.with_suffix(".safetensors")],
+                    path.parent / "quarantine",
+                    str(e),
+                )
         t0 = time.perf_counter()
-        model, info = pretrain(cfg, on_step=on_step)
+        with fixed_threads():  # the same bytes whether a grid unit or `bench pretrain` trains it
+            model, info = pretrain(cfg, on_step=on_step)
         info["total_s"] = round(time.perf_counter() - t0, 1)
         meta = {"arch": "open_clip.CLIP", "name": "tiny-clip", "pretrain": cfg.to_dict(), "info": info}
         save_weights(model, path, meta)

@@ -13,12 +13,15 @@ mount on a cluster), and the driver reads the records from there.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
-import tempfile
+import socket
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 
 from bench.config import ConfigError
 from bench.grid import (
@@ -32,8 +35,10 @@ from bench.grid import (
     prepare_work,
     trial_label,
 )
-from bench.store import Store
+from bench.store import Store, StoreWriteError
 from bench.trial import failed_record, trial_id
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -54,8 +59,8 @@ class RayOptions:
 
     @property
     def threads(self) -> int:
-        # Torch threads follow the trial's CPUs: more would oversubscribe the cores that
-        # the other concurrent trials were promised.
+        # Torch threads follow the trial's CPUs when the reproducibility mode is off; in
+        # the mode (the default) every unit runs with one thread (bench.repro).
         return max(1, int(self.cpus_per_trial))
 
 
@@ -73,7 +78,7 @@ def _unit_trainable(config: dict) -> dict:
     else:
         torch.set_num_threads(config["threads"])
     from bench import runtime
-    from bench.cli import load_plugins
+    from bench.registry import load_plugins
 
     runtime.configure(config["env"].get("BENCH_DEVICE", "auto"), compile=config["env"].get("BENCH_COMPILE") == "1")
 
@@ -88,6 +93,13 @@ def _unit_trainable(config: dict) -> dict:
         "threads": config["threads"],
         "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
     }
+    try:
+        return _run_unit(unit, store, worker)
+    except StoreWriteError as e:  # the storage refused a write: the driver stops the grid
+        return {"stage": unit["stage"], "storage_error": str(e), "node_id": worker["node_id"], "compute_s": 0.0}
+
+
+def _run_unit(unit: dict, store: Store, worker: dict) -> dict:
     if unit["stage"] == 1:
         result = attack_unit(unit["acfg"], store)
         return {
@@ -115,14 +127,17 @@ def _searcher_class():
         """Hands out units in dependency order; stage-2 units jump the queue so
         finished results appear early."""
 
-        def __init__(self, ready: list[dict], waiting: dict[str, list[dict]], base: dict):
+        def __init__(self, ready: list[dict], waiting: dict[str, list[dict]], base: dict, key: int):
             super().__init__()
             self.queue: deque[dict] = deque(ready)
             self.waiting = waiting  # artifact id -> stage-2 units that need it
             self.base = base
+            self.key = key
             self.live: dict[str, dict] = {}
 
         def suggest(self, trial_id: str) -> dict | None:
+            if _sink(self.key).aborted:
+                return Searcher.FINISHED  # the storage failed: start nothing more
             if self.queue:
                 unit = self.queue.popleft()
                 self.live[trial_id] = unit
@@ -155,6 +170,18 @@ def _searcher_class():
 class _Sink:
     on_start: object
     on_land: object
+    aborted: str = ""  # set when the storage refused a write: the grid stops
+    error: BaseException | None = None  # a bug in the driver's own code, raised after Tune returns
+
+    def guard(self, fn, *args) -> None:
+        """Run a driver callback without letting anything escape into Tune's loop."""
+        try:
+            fn(*args)
+        except StoreWriteError as e:
+            self.aborted = self.aborted or str(e)
+        except Exception as e:
+            self.error = self.error or e
+            self.aborted = self.aborted or f"internal error in the driver: {type(e).__name__}: {e}"
 
 
 # Tune pickles its callbacks with the experiment state; they reach the driver's live
@@ -181,15 +208,77 @@ def _report_callback(key: int):
             self.key = key
 
         def on_trial_start(self, iteration, trials, trial, **info):
-            _sink(self.key).on_start(trial.config["unit"]["label"])
+            sink = _sink(self.key)
+            sink.guard(sink.on_start, trial.config["unit"]["label"])
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            _sink(self.key).on_land(trial.config["unit"], trial.last_result or {}, None)
+            sink = _sink(self.key)
+            result = trial.last_result or {}
+            if sink.aborted and "stage" not in result:
+                return  # stopped with the grid before it returned: it did not run to the end
+            sink.guard(sink.on_land, trial.config["unit"], result, None)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            _sink(self.key).on_land(trial.config["unit"], {}, str(trial.error_file or "the Ray trial died"))
+            sink = _sink(self.key)
+            if not sink.aborted:  # trials stopped because the grid is stopping are not failures
+                sink.guard(sink.on_land, trial.config["unit"], {}, str(trial.error_file or "the Ray trial died"))
 
     return Report(key)
+
+
+def _stopper(key: int):
+    from ray.tune.stopper import Stopper
+
+    class StopOnStorageError(Stopper):
+        """Ends the whole experiment once the storage has refused a write."""
+
+        def __init__(self, key: int):
+            self.key = key
+
+        def __call__(self, trial_id, result) -> bool:
+            return False
+
+        def stop_all(self) -> bool:
+            return bool(_sink(self.key).aborted)
+
+    return StopOnStorageError(key)
+
+
+# ---------------------------------------------------------------- Tune's own folders
+# Tune keeps experiment state in a folder of its own. It goes under the storage root's
+# `_tune/<host>-<pid>-<token>` (for an object store: this node's mirror of it), so a
+# cluster's nodes can reach it, is removed when the run ends, and the folder of a run
+# killed outright (SIGKILL: no `finally` runs) is swept by the next run on that host.
+
+
+def _tune_dir(store: Store) -> Path:
+    return (store.root / "_tune" / f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}").resolve()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_tune_dirs(store: Store) -> list[Path]:
+    """Remove `_tune/` folders left by runs on this host whose process is gone."""
+    base = store.root / "_tune"
+    removed = []
+    if not base.is_dir():
+        return removed
+    host = socket.gethostname()
+    for d in base.iterdir():
+        name = d.name.rpartition("-")[0]  # <host>-<pid>-<token>
+        h, _, pid = name.rpartition("-")
+        if h == host and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
 
 
 def _init_ray(opts: RayOptions) -> bool:
@@ -234,8 +323,11 @@ def run_ray(plan: Plan, store: Store, opts: RayOptions, events: Events = Events(
         summary.wall_s = time.perf_counter() - start
         return summary
 
+    sweep_tune_dirs(store)
     started = _init_ray(opts)
-    local, storage = True, ""
+    storage = _tune_dir(store)
+    sink = _Sink(events.on_start, None)
+    key = _register(sink)
     try:
         cluster_cpus = ray.cluster_resources().get("CPU", 1.0)
         slots = max(1, int(cluster_cpus // opts.cpus_per_trial))
@@ -260,16 +352,21 @@ def run_ray(plan: Plan, store: Store, opts: RayOptions, events: Events = Events(
                 waiting[aid] = units
         from bench import repro
 
+        # (Credentials are not carried: Tune writes trial configs to disk. Nodes bring their own.)
         env_keys = ("BENCH_DATA_ROOT", "BENCH_ALLOW_DOWNLOAD", "BENCH_DEVICE", "BENCH_COMPILE", "BENCH_CACHE",
-                    "HF_HUB_OFFLINE", repro.SWITCH, *repro.PINNED_ENV)  # fmt: skip
+                    "HF_HUB_OFFLINE", repro.SWITCH, *repro.PINNED_ENV, "BENCH_CLAIM_LEASE_S",
+                    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")  # fmt: skip
         env = {k: os.environ[k] for k in env_keys if k in os.environ}
-        base = {"root": str(store.root.resolve()), "threads": opts.threads, "env": env}
-        searcher = _searcher_class()(ready, waiting, base)
+        base = {"root": store.uri, "threads": opts.threads, "env": env}
+        searcher = _searcher_class()(ready, waiting, base, key)
 
         def _land(unit: dict, result: dict, crash: str | None) -> None:
             summary.compute_s += float(result.get("compute_s", 0.0))
             if result.get("node_id"):
                 summary.nodes[result["node_id"]] = summary.nodes.get(result["node_id"], 0) + 1
+            if result.get("storage_error"):  # the unit's write failed: nothing of it landed
+                sink.aborted = sink.aborted or result["storage_error"]
+                return
             if unit["stage"] == 1:
                 if crash or not result.get("ok"):
                     error = {
@@ -289,11 +386,9 @@ def run_ray(plan: Plan, store: Store, opts: RayOptions, events: Events = Events(
                 return
             summary.land(record, bool(result.get("computed", True)), events)
 
+        sink.on_land = _land
         resources = {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}
-        # Tune keeps its own experiment state; on a cluster it must sit where every node
-        # can write, so it goes under the storage root, else in a temp folder.
-        local = not (opts.address or os.environ.get("RAY_ADDRESS"))
-        storage = tempfile.mkdtemp(prefix="bench-tune-") if local else str(store.root.resolve() / "_tune")
+        storage.mkdir(parents=True, exist_ok=True)
         tuner = tune.Tuner(
             tune.with_resources(_unit_trainable, resources),
             tune_config=tune.TuneConfig(
@@ -306,18 +401,37 @@ def run_ray(plan: Plan, store: Store, opts: RayOptions, events: Events = Events(
             ),
             run_config=tune.RunConfig(
                 name="grid",
-                storage_path=storage,
+                storage_path=str(storage),
                 verbose=0,
-                callbacks=[_report_callback(_register(_Sink(events.on_start, _land)))],
+                stop=_stopper(key),
+                callbacks=[_report_callback(key)],
                 log_to_file=False,
             ),
         )
-        tuner.fit()
+        # Results travel through the store, never through Tune's result grid; a trial
+        # stopped with the grid has none, and Tune would warn about that.
+        analysis_log = logging.getLogger("ray.tune.analysis.experiment_analysis")
+        level = analysis_log.level
+        analysis_log.setLevel(logging.ERROR)
+        try:
+            tuner.fit()
+        finally:
+            analysis_log.setLevel(level)
     finally:
-        _SINKS.clear()
+        _SINKS.pop(key, None)
         if started:
             ray.shutdown()
-        if local:
-            shutil.rmtree(storage, ignore_errors=True)
+        shutil.rmtree(storage, ignore_errors=True)
+        _remove_if_empty(storage.parent)
+    summary.aborted = sink.aborted
+    if sink.error is not None and not isinstance(sink.error, StoreWriteError):
+        raise sink.error  # a bug in the driver's callbacks: surfaced here, outside Tune's loop
     summary.wall_s = time.perf_counter() - start
     return summary
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass

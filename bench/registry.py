@@ -3,12 +3,17 @@
 Every pluggable kind of thing (attacks, defenses, datasets, models, settings,
 suites) has one `Registry`. A module registers its factory with a decorator, the
 listing commands read the registry, and third-party packages can add entries
-through Python entry points (group ``bench.<kind>``) without editing this repo.
+through Python entry points (group ``bench.<kind>``) without editing this repo: the
+entry point's value is a module, and importing it runs its ``@REGISTRY.register``
+decorators. A plugin that fails to import is one warning line; the built-ins and the
+other plugins keep working, and `bench list plugins` shows each plugin's status.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -31,6 +36,21 @@ class Entry(Generic[T]):
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class PluginStatus:
+    """One entry point of a plugin package and what loading it did."""
+
+    group: str
+    name: str
+    value: str  # the module it names
+    package: str  # the distribution that declares it
+    status: str = "ok"  # "ok" or "failed: <error>"
+    registered: list[str] = field(default_factory=list)
+
+
+PLUGINS: list[PluginStatus] = []
+
+
 @dataclass(frozen=True)
 class Resolver:
     """Builds registry entries for names of a form (a prefix, a colon) on first use.
@@ -47,11 +67,14 @@ class Resolver:
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str, entry_point_group: str | None = None):
+    def __init__(self, kind: str, entry_point_group: str | None = None, method: bool = False):
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
         self._group = entry_point_group
         self._plugins_loaded = entry_point_group is None
+        # Attacks and defenses: every entry must say which settings it supports and
+        # carry a `Params` dataclass, checked when it registers (not when a grid runs).
+        self._method = method
         self._resolvers: list[Resolver] = []
         self._resolved: dict[str, Entry[T]] = {}
 
@@ -69,14 +92,27 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.kind} {name!r} is registered twice")
         if "\n" in description.strip():
             raise ValueError(f"{self.kind} {name!r}: description must be one line")
-        self._entries[name] = Entry(name, obj, description.strip(), tuple(settings), dict(extra))
+        settings = tuple([settings] if isinstance(settings, str) else settings)
+        if self._method:
+            if not settings:
+                raise ValueError(
+                    f"{self.kind} {name!r} is registered without settings=(...); name the threat settings it "
+                    f"supports (see bench list settings), or no grid cell could ever run it"
+                )
+            params = getattr(obj, "Params", None)
+            if not (isinstance(params, type) and dataclasses.is_dataclass(params)):
+                raise ValueError(
+                    f"{self.kind} {name!r} has no Params dataclass (class attribute Params = a @dataclass "
+                    f"of its knobs; an empty one when it has none)"
+                )
+        self._entries[name] = Entry(name, obj, description.strip(), settings, dict(extra))
 
     def _load_plugins(self) -> None:
         if self._plugins_loaded:
             return
         self._plugins_loaded = True
         for ep in entry_points(group=self._group):
-            ep.load()  # importing the module runs its @register decorators
+            _load_entry_point(ep, self._group or "")
 
     def names(self) -> list[str]:
         self._load_plugins()
@@ -147,8 +183,54 @@ class Registry(Generic[T]):
         return iter(self._entries[n] for n in sorted(self._entries))
 
 
-ATTACKS: Registry[Any] = Registry("attack", "bench.attacks")
-DEFENSES: Registry[Any] = Registry("defense", "bench.defenses")
+ATTACKS: Registry[Any] = Registry("attack", "bench.attacks", method=True)
+DEFENSES: Registry[Any] = Registry("defense", "bench.defenses", method=True)
 DATASETS: Registry[Any] = Registry("dataset", "bench.datasets")
 MODELS: Registry[Any] = Registry("model", "bench.models")
 SETTINGS: Registry[Any] = Registry("setting")
+REGISTRIES = (ATTACKS, DEFENSES, DATASETS, MODELS, SETTINGS)
+
+
+def _load_entry_point(ep, group: str) -> None:
+    """Import one plugin module. A failure is one warning line on stderr naming the
+    package, the entry point and the error; whatever the module had registered before
+    it failed is withdrawn, so no half-loaded plugin stays behind."""
+    package = getattr(getattr(ep, "dist", None), "name", None) or "?"
+    status = PluginStatus(group, ep.name, ep.value, package)
+    PLUGINS.append(status)
+    before = {reg.kind: set(reg._entries) for reg in REGISTRIES}
+    try:
+        ep.load()  # importing the module runs its @register decorators
+    except Exception as e:  # a broken plugin must not break the built-ins
+        error = f"{type(e).__name__}: {e}".splitlines()[0]
+        status.status = f"failed: {error}"
+        for reg in REGISTRIES:
+            for added in set(reg._entries) - before[reg.kind]:
+                del reg._entries[added]
+        print(
+            f"bench: warning: plugin {package!r} (entry point {group}:{ep.name} = {ep.value}) failed to load and "
+            f"is skipped: {error}",
+            file=sys.stderr,
+        )
+        return
+    status.registered = [f"{reg.kind} {n}" for reg in REGISTRIES for n in sorted(set(reg._entries) - before[reg.kind])]
+
+
+def load_plugins() -> None:
+    """Register the built-in methods, data and models, then every installed plugin."""
+    import attacks  # noqa: F401
+    import bench.data.builtin
+    import bench.data.real
+    import bench.models.classifiers
+    import bench.models.published
+    import bench.models.zoo
+    import bench.settings  # noqa: F401
+    import defenses  # noqa: F401
+
+    for reg in REGISTRIES:
+        reg._load_plugins()
+
+
+def plugin_status() -> list[PluginStatus]:
+    load_plugins()
+    return list(PLUGINS)

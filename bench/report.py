@@ -66,7 +66,7 @@ def write_tbar_report(store: Store, suite: str, out_dir: Path) -> Path:
     retention = _mean([r["metrics"]["ca_retention"] for r in tbar])
     shares = data_shares(records, tbar)
     share = _mean([s for *_, s in shares])
-    analyses = [json.loads(p.read_text()) for p in sorted((store.root / "analysis").glob("*.json"))]
+    analyses = [json.loads(p.read_text()) for p in sorted((store.local_root() / "analysis").glob("*.json"))]
     alpha_runs = [a for a in analyses if a.get("kind") == "alpha" and a["config"].get("suite") == suite]
     dis = [a for a in analyses if a.get("kind") == "disentanglement"]
 

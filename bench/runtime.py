@@ -115,6 +115,24 @@ def place(model: nn.Module) -> nn.Module:
     return model
 
 
+@contextlib.contextmanager
+def fixed_threads() -> Iterator[int]:
+    """Within the block (one unit of grid work), torch runs as the reproducibility mode
+    says (bench.repro: one thread, deterministic algorithms), whatever the executor set
+    for its process, so an artifact's bytes do not depend on whether Ray or the serial
+    executor built it (a reduction split over another number of threads rounds
+    differently). With the mode off (BENCH_REPRO=0) the executor's choice stands."""
+    from bench import repro
+
+    saved = torch.get_num_threads()
+    if repro.enabled():
+        repro.configure_torch()
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(saved)
+
+
 def reset_peak_memory() -> None:
     if torch.cuda.is_available() and _CURRENT.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()

@@ -14,12 +14,16 @@ backdoored models come from untrusted sources by definition.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
+import logging
 import math
 import os
+import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +32,11 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from bench.fs import StorageError as StorageError  # re-exported: the CLI reports it
+from bench.fs import parse_root
+
+log = logging.getLogger(__name__)
 
 SCHEMA = 1
 
@@ -95,8 +104,24 @@ class CorruptCheckpointError(RuntimeError):
     pass
 
 
-class StorageError(ValueError):
-    """A storage root that cannot be used (reported to the user, not a traceback)."""
+class StoreWriteError(RuntimeError):
+    """The storage root refused a write (a full disk, a quota, a read-only or failing
+    mount, an object store that errs): the grid stops cleanly instead of going on."""
+
+    def __init__(self, path: str | Path, reason: str):
+        super().__init__(f"could not write {path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+# Errors that say the storage, not a method, failed: raised inside a method's own code
+# (a defense saving a picture) they still stop the grid rather than fail one trial.
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG}
+
+
+def storage_write_error(e: OSError, where: str | Path) -> StoreWriteError:
+    reason = f"{e.strerror or e} (errno {e.errno})" if e.errno else str(e) or type(e).__name__
+    return StoreWriteError(e.filename or where, reason)
 
 
 def save_weights(model: nn.Module, stem: Path, sidecar: dict) -> None:
@@ -112,26 +137,55 @@ def save_weights(model: nn.Module, stem: Path, sidecar: dict) -> None:
         save_file(state, tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
         os.replace(tmp, stem.with_suffix(".safetensors"))
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     weights = stem.with_suffix(".safetensors")
     integrity = {"bytes": weights.stat().st_size, "sha256": file_digest(weights)}
+    _remember_digest(weights, integrity["sha256"])
     atomic_write_json(stem.with_suffix(".json"), {**sidecar, "weights_file": integrity})
+
+
+def _remember_digest(path: Path, value: str) -> None:
+    from bench import inputs
+
+    inputs.remember(path, value)
+
+
+def _cached_digest(path: Path) -> str:
+    """SHA-256 of a weight file, hashed once per (path, inode, size, mtime, ctime)."""
+    from bench import inputs
+
+    try:
+        return inputs.digest(path, str(path))
+    except inputs.InputFileError:
+        return ""
 
 
 def weights_intact(stem: Path, meta: dict | None, verify_hash: bool = False) -> bool:
     """The weight file exists and matches the size (and optionally hash) in its sidecar."""
+    return weights_problem(stem, meta, verify_hash) is None
+
+
+def weights_problem(stem: Path, meta: dict | None, verify_hash: bool = False) -> str | None:
+    """None when the weight file matches its sidecar, else what is wrong with it. The
+    hash is checked through the digest cache, so an unchanged file is hashed once."""
     weights = Path(stem).with_suffix(".safetensors")
-    if meta is None or not weights.exists():
-        return False
+    if meta is None:
+        return "sidecar missing or unreadable"
+    if not weights.exists():
+        return "weight file missing"
     expected = meta.get("weights_file")
     if expected is None:  # written before integrity data existed: existence is all we know
-        return True
-    if weights.stat().st_size != expected["bytes"]:
-        return False
-    return not verify_hash or file_digest(weights) == expected["sha256"]
+        return None
+    size = weights.stat().st_size
+    if size != expected["bytes"]:
+        return f"weight file is {size} bytes, its sidecar says {expected['bytes']} (truncated or replaced)"
+    if verify_hash and _cached_digest(weights) != expected["sha256"]:
+        return "weight file's SHA-256 differs from its sidecar (altered)"
+    return None
 
 
 def load_weights(model: nn.Module, stem: Path) -> dict:
@@ -140,13 +194,30 @@ def load_weights(model: nn.Module, stem: Path) -> dict:
     meta = read_json(stem.with_suffix(".json"))
     if meta is None:
         raise FileNotFoundError(f"{stem.with_suffix('.json')}: missing or unreadable checkpoint sidecar")
-    if not weights_intact(stem, meta, verify_hash=True):
-        raise CorruptCheckpointError(
-            f"{stem.with_suffix('.safetensors')}: size or SHA-256 differs from its sidecar "
-            f"{stem.with_suffix('.json').name}; delete the folder and rerun to rebuild it"
-        )
+    problem = weights_problem(stem, meta, verify_hash=True)
+    if problem:
+        raise CorruptCheckpointError(f"{stem.with_suffix('.safetensors')}: {problem}; size or SHA-256 differs")
     model.load_state_dict(load_file(stem.with_suffix(".safetensors")), strict=True)
     return meta
+
+
+def quarantine(paths: list[Path], folder: Path, reason: str) -> Path | None:
+    """Move `paths` (files or folders) aside into `folder/<UTC time>-<name>/` and log it:
+    a damaged file is kept for inspection, never deleted, and never loaded again."""
+    present = [Path(p) for p in paths if Path(p).exists()]
+    if not present:
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    dest = Path(folder) / f"{stamp}-{present[0].stem}-{os.getpid()}"
+    if len(present) == 1 and present[0].is_dir():  # a whole folder (an artifact): moved as it is
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(present[0], dest)
+    else:
+        dest.mkdir(parents=True, exist_ok=True)
+        for p in present:
+            os.replace(p, dest / p.name)
+    log.warning("quarantined %s -> %s: %s; it will be rebuilt", ", ".join(map(str, present)), dest, reason)
+    return dest
 
 
 def state_to_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -162,33 +233,109 @@ class RecordState:
     reason: str = ""
 
 
+def check_record(trial_id: str, rec: Any) -> RecordState:
+    if not isinstance(rec, dict):
+        return RecordState("corrupt", reason="not valid JSON (a partial or damaged write)")
+    if rec.get("schema") != SCHEMA or rec.get("trial_id") != trial_id:
+        return RecordState("corrupt", reason="schema or trial id does not match its file name")
+    if rec.get("status") not in ("ok", "failed") or (rec["status"] == "ok" and "metrics" not in rec):
+        return RecordState("corrupt", reason="status or metrics missing")
+    return RecordState(rec["status"], rec)
+
+
+def record_bytes(record: dict) -> bytes:
+    text = json.dumps(_finite(record), indent=2, sort_keys=True, default=str, allow_nan=False)
+    return (text + "\n").encode()
+
+
 class Store:
-    """A storage root holding artifacts, records and claim locks.
+    """A storage root holding artifacts, records and claims.
 
     The root is a local folder, or a folder every node mounts (NFS and the like) when
-    trials run on a cluster; `file://` URIs are accepted for the same thing. Locks are
+    trials run on a cluster; `file://` URIs (RFC 8089) name the same thing. Claims are
     POSIX advisory locks (flock): the kernel drops them when a process dies, so a
-    killed run never leaves a stale claim behind.
+    killed run never leaves a stale claim behind. `Store("s3://bucket/prefix")` gives an
+    object-store root instead (`bench.remote.S3Store`), with the same interface.
     """
 
+    remote = False
+
+    def __new__(cls, root: str | Path):
+        if cls is Store and parse_root(root).kind == "s3":
+            from bench.remote import S3Store
+
+            return super().__new__(S3Store)
+        return super().__new__(cls)
+
     def __init__(self, root: str | Path):
-        root = str(root)
-        if "://" in root:
-            scheme, _, rest = root.partition("://")
-            if scheme != "file":
-                raise StorageError(
-                    f"--results {root!r}: storage URIs must be file:// (a folder every node mounts); "
-                    f"mount {scheme}:// storage with its FUSE driver and pass the mount path"
-                )
-            root = rest
-        self.root = Path(root)
+        self.root = parse_root(root).path
+
+    @property
+    def uri(self) -> str:
+        """What a worker on any node passes to Store() to reach this root."""
+        return str(self.root.resolve())
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+    # ------------------------------------------------------------ artifacts
 
     def artifact_dir(self, artifact_id: str) -> Path:
+        """The local folder holding the artifact (for an object store: after fetch_artifact)."""
         return self.root / "artifacts" / artifact_id
 
-    def artifact_done(self, artifact_id: str) -> bool:
+    def artifact_problem(self, artifact_id: str, verify_hash: bool = False) -> str | None:
+        """None: complete and intact; "missing": not built; otherwise what is damaged."""
         d = self.artifact_dir(artifact_id)
-        return weights_intact(d / "model", read_json(d / "model.json"))
+        meta = read_json(d / "model.json")
+        if meta is None:
+            return "missing"
+        return weights_problem(d / "model", meta, verify_hash)
+
+    def artifact_done(self, artifact_id: str) -> bool:
+        return self.artifact_problem(artifact_id) is None
+
+    def fetch_artifact(self, artifact_id: str) -> Path:
+        """The artifact's local folder, checked against its sidecar (hash included)."""
+        d = self.artifact_dir(artifact_id)
+        problem = self.artifact_problem(artifact_id, verify_hash=True)
+        if problem:
+            raise CorruptCheckpointError(f"{d / 'model.safetensors'}: {problem}")
+        return d
+
+    def build_dir(self, artifact_id: str) -> Path:
+        """A fresh folder to build the artifact in; commit_artifact moves it into place
+        whole, so the artifact folder never holds half an artifact."""
+        base = self.root / "artifacts"
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+            for stale in base.glob(f".build-{artifact_id}-*"):  # left by a killed builder (we hold the claim)
+                shutil.rmtree(stale, ignore_errors=True)
+            build = Path(tempfile.mkdtemp(prefix=f".build-{artifact_id}-", dir=base))
+            os.chmod(build, 0o755)  # mkdtemp makes 0700; results are meant to be shared
+            return build
+        except OSError as e:
+            raise storage_write_error(e, base) from None
+
+    def commit_artifact(self, artifact_id: str, build: Path) -> None:
+        target = self.artifact_dir(artifact_id)
+        try:
+            if target.exists():  # an incomplete or damaged copy (quarantined before a rebuild)
+                problem = self.artifact_problem(artifact_id)
+                if problem not in (None, "missing"):
+                    self.quarantine_artifact(artifact_id, problem)
+                shutil.rmtree(target, ignore_errors=True)
+            os.replace(build, target)
+        except OSError as e:
+            raise storage_write_error(e, target) from None
+
+    def discard_build(self, build: Path) -> None:
+        shutil.rmtree(build, ignore_errors=True)
+
+    def quarantine_artifact(self, artifact_id: str, reason: str) -> None:
+        quarantine([self.artifact_dir(artifact_id)], self.root / "quarantine", reason)
+
+    # ------------------------------------------------------------ records
 
     def record_path(self, trial_id: str) -> Path:
         return self.root / "records" / f"{trial_id}.json"
@@ -197,21 +344,18 @@ class Store:
         path = self.record_path(trial_id)
         if not path.exists():
             return RecordState("missing")
-        rec = read_json(path)
-        if not isinstance(rec, dict):
-            return RecordState("corrupt", reason="not valid JSON (a partial or damaged write)")
-        if rec.get("schema") != SCHEMA or rec.get("trial_id") != trial_id:
-            return RecordState("corrupt", reason="schema or trial id does not match its file name")
-        if rec.get("status") not in ("ok", "failed") or (rec["status"] == "ok" and "metrics" not in rec):
-            return RecordState("corrupt", reason="status or metrics missing")
-        return RecordState(rec["status"], rec)
+        return check_record(trial_id, read_json(path))
 
     def read_record(self, trial_id: str) -> dict | None:
         st = self.record_state(trial_id)
         return st.record if st.state in ("ok", "failed") else None
 
     def write_record(self, record: dict) -> None:
-        atomic_write_json(self.record_path(record["trial_id"]), record)
+        path = self.record_path(record["trial_id"])
+        try:
+            atomic_write_bytes(path, record_bytes(record))
+        except OSError as e:
+            raise storage_write_error(e, path) from None
 
     def records(self) -> list[dict]:
         out = []
@@ -220,6 +364,31 @@ class Store:
             if isinstance(rec, dict) and rec.get("schema") == SCHEMA:
                 out.append(rec)
         return out
+
+    # ------------------------------------------------------------ per-trial files
+
+    def trial_dir(self, trial_id: str) -> Path:
+        """A local folder where a defense may save pictures and vectors for its trial."""
+        return self.root / "trials" / trial_id
+
+    def publish_trial_dir(self, trial_id: str) -> None:
+        """Make the trial folder's files durable in the store (local: already there)."""
+
+    def local_root(self) -> Path:
+        """A local folder with the store's small files (trigger images, trial pictures,
+        analyses) for readers that walk the tree; the store itself for a local root."""
+        return self.root
+
+    def put_json(self, rel: str, obj: Any) -> Path:
+        """Write a JSON file at `rel` under the root (atomically); returns its local path."""
+        path = self.root / rel
+        try:
+            atomic_write_json(path, obj)
+        except OSError as e:
+            raise storage_write_error(e, path) from None
+        return path
+
+    # ------------------------------------------------------------ claims
 
     def claim(self, key: str) -> contextlib.AbstractContextManager:
         """Hold the exclusive claim on `key` (an artifact or trial id) across processes

@@ -18,12 +18,22 @@ import torch
 from safetensors.torch import load_file
 
 from attacks.base import Attack
-from bench import curves, metrics, runtime, tradeoff
+from bench import curves, inputs, metrics, runtime, tradeoff
 from bench.config import from_dict
 from bench.data.base import LabeledDataset, Split, load_dataset
 from bench.registry import ATTACKS, DEFENSES, SETTINGS
 from bench.splits import defender_split, subseed
-from bench.store import SCHEMA, Store, config_hash, load_weights, read_json, save_weights
+from bench.store import (
+    SCHEMA,
+    STORAGE_ERRNOS,
+    Store,
+    StoreWriteError,
+    config_hash,
+    load_weights,
+    read_json,
+    save_weights,
+    storage_write_error,
+)
 from bench.train import TrainSpec, train
 from defenses.base import DefenseContext, KnownAttack
 
@@ -41,6 +51,7 @@ def trial_id(tcfg: dict) -> str:
 
 
 def build_attack(acfg: dict, image_shape: tuple[int, int, int]) -> Attack:
+    inputs.verify(acfg)  # the files it names still hold what its id was computed from
     cls = ATTACKS.get(acfg["attack"])
     params = from_dict(cls.Params, acfg["attack_params"], f"attack_params.{acfg['attack']}")
     return cls(params, image_shape, subseed(acfg["seed"], "trigger"))
@@ -100,15 +111,28 @@ def run_attack(acfg: dict, store: Store, progress: Progress = lambda m: None) ->
     """Implant the backdoor (or, for attack `none`, train cleanly) and save the artifact."""
     aid = artifact_id(acfg)
     with store.claim(aid):  # another process building the same artifact: wait, then reuse it
-        if store.artifact_done(aid):
+        problem = store.artifact_problem(aid, verify_hash=True)
+        if problem is None:
             return read_json(store.artifact_dir(aid) / "model.json")
-        with runtime.precision(acfg.get("precision", "fp32")):
-            return _attack(acfg, store, progress)
+        if problem != "missing":  # altered or truncated weights: set aside, then rebuilt
+            store.quarantine_artifact(aid, problem)
+        # Built in a folder of its own and moved into place whole: a failure leaves nothing.
+        build = store.build_dir(aid)
+        try:
+            with runtime.precision(acfg.get("precision", "fp32")):
+                meta = _attack(acfg, build, progress)
+            store.commit_artifact(aid, build)
+            return meta
+        except OSError as e:
+            if e.errno in STORAGE_ERRNOS:
+                raise storage_write_error(e, build) from None
+            raise
+        finally:
+            store.discard_build(build)
 
 
-def _attack(acfg: dict, store: Store, progress: Progress) -> dict:
+def _attack(acfg: dict, folder: Path, progress: Progress) -> dict:
     aid = artifact_id(acfg)
-    folder = store.artifact_dir(aid)
     start = time.perf_counter()
     ds = load_dataset(acfg["dataset"])
     setting = SETTINGS.get(acfg["setting"])()
@@ -156,6 +180,7 @@ def _attack(acfg: dict, store: Store, progress: Progress) -> dict:
         "wall_s": round(time.perf_counter() - start - prep_s, 2),  # excludes one-time pre-training
         "victim_prep_s": round(prep_s, 2),
         "arch": type(victim).__name__,
+        "threads": torch.get_num_threads(),
     }
     save_weights(victim, folder / "model", meta)  # the sidecar goes last: it marks completion
     return meta
@@ -211,7 +236,7 @@ def base_record(tcfg: dict, worker: dict | None = None) -> dict:
         "config": _record_config(tcfg),
         "versions": dict(_versions()),
         "host": socket.gethostname(),
-        "worker": {**(worker or {"executor": "serial"}), **runtime.describe()},
+        "worker": {**(worker or {"executor": "serial"}), **runtime.describe(), "threads": torch.get_num_threads()},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -244,10 +269,15 @@ def run_defense_counted(
             with runtime.precision(tcfg["artifact"].get("precision", "fp32")):
                 record.update(_defend(tcfg, store, progress))
             record["status"] = "ok"
+        except StoreWriteError:
+            raise
         except Exception as e:  # a failed trial is a record, not a crashed grid
+            if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:  # the disk, not the method
+                raise storage_write_error(e, store.trial_dir(tid)) from None
             record["status"] = "failed"
             record["error"] = f"{type(e).__name__}: {e}"
             record["traceback"] = traceback.format_exc(limit=20)
+        store.publish_trial_dir(tid)
         store.write_record(record)
         return record, True
 
@@ -258,7 +288,7 @@ def load_artifact(acfg: dict, store: Store):
     ds = load_dataset(acfg["dataset"])
     setting = SETTINGS.get(acfg["setting"])()
     attack = build_attack(acfg, tuple(ds.train.images.shape[1:]))
-    folder = store.artifact_dir(artifact_id(acfg))
+    folder = store.fetch_artifact(artifact_id(acfg))  # checked against its sidecar's SHA-256
     if attack.needs_fitting:  # an optimised trigger is reloaded exactly, never re-fitted
         attack.restore(load_file(folder / "trigger.safetensors"))
     model = setting.victim(acfg["model"], acfg["model_params"], ds, subseed(acfg["seed"], "init"))
@@ -292,7 +322,7 @@ def _defend(tcfg: dict, store: Store, progress: Progress) -> dict:
         known=known,
         progress=progress,
         classify=lambda m: setting.classifier(m, acfg["model"], acfg["model_params"], ds),
-        out_dir=store.root / "trials" / trial_id(tcfg),
+        out_dir=store.trial_dir(trial_id(tcfg)),
         model_name=acfg["model"],
         model_params=acfg["model_params"],
     )

@@ -70,6 +70,8 @@ def test_sigkill_then_rerun_computes_only_the_missing_trials(tmp_path, executor)
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    if executor == "ray":  # Tune's folder of the killed run: no `finally` ran to remove it
+        assert len(list((tmp_path / "res" / "_tune").iterdir())) == 1
     before = _records(tmp_path / "res")
     assert 2 <= len(before) < 5
     torn_name = sorted(before)[0]
@@ -90,6 +92,7 @@ def test_sigkill_then_rerun_computes_only_the_missing_trials(tmp_path, executor)
         if name != torn_name:
             assert after[name] == data, name
     assert json.loads(after[torn_name])["status"] == "ok"
+    assert not (tmp_path / "res" / "_tune").exists()  # the rerun swept the dead run's folder, and removed its own
 
 
 @pytest.mark.slow

@@ -77,8 +77,8 @@ def test_file_uri_roots_work_and_other_schemes_are_refused(tmp_path):
     from bench.store import StorageError
 
     assert Store(f"file://{tmp_path}").root == tmp_path
-    with pytest.raises(StorageError, match="s3://"):
-        Store("s3://bucket/results")
+    with pytest.raises(StorageError, match="gs://"):
+        Store("gs://bucket/results")
 
 
 def test_weights_roundtrip_through_safetensors_with_sidecar(tmp_path):

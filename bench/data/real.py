@@ -346,14 +346,39 @@ def check(spec: RealSpec) -> list[str]:
     return []
 
 
+# Files the loaders read beyond the ones `required` checks for.
+READ_TOO = {
+    "cifar10": [f"cifar-10-batches-py/data_batch_{i}" for i in range(2, 6)],
+    "stl10": ["stl10_binary/train_y.bin", "stl10_binary/test_y.bin"],
+}
+
+
+def input_files(spec: RealSpec) -> list[tuple[str, Path]]:
+    """The dataset's files that enter trial ids by content (bench.inputs): every file it
+    reads from a fixed name. ImageFolder trees (gtsrb, sun397, imagenet: up to a million
+    files) are identified by their path only."""
+    try:
+        root = data_root()
+    except DatasetMissingError:
+        return []
+    names = [*spec.required, *READ_TOO.get(spec.name, ())]
+    return [(rel, root / rel) for rel in dict.fromkeys(names) if (root / rel).is_file()]
+
+
 def load_real(spec: RealSpec) -> LabeledDataset:
     problems = check(spec)
     if problems:
         raise DatasetMissingError("; ".join(problems))
     root = data_root()
+    from bench.inputs import digest
+
+    key = {"name": spec.name, "root": str(root.resolve()), "caps": MAX_IMAGES, "side": FOLDER_SIDE, "v": 1}
+    files = {rel: digest(path, f"--data-root file of {spec.name}") for rel, path in input_files(spec)}
+    if files:  # changed files rebuild the cached arrays too
+        key["files"] = files
     try:
         arrays = cached_arrays(
-            {"name": spec.name, "root": str(root.resolve()), "caps": MAX_IMAGES, "side": FOLDER_SIDE, "v": 1},
+            key,
             lambda: spec.loader(root, _allow_download() and spec.downloadable),
         )
     except (OSError, RuntimeError, ValueError, KeyError, IndexError, pickle.UnpicklingError) as e:
@@ -374,6 +399,7 @@ def _register(spec: RealSpec) -> None:
         return load_real(spec)
 
     factory.check = lambda: check(spec)  # type: ignore[attr-defined]
+    factory.input_files = lambda: input_files(spec)  # type: ignore[attr-defined]
     DATASETS.register(spec.name, f"real: {spec.layout}", real=True)(factory)
 
 

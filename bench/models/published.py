@@ -37,6 +37,7 @@ import open_clip
 import torch
 from torch import nn
 
+from bench.inputs import input_file
 from bench.registry import MODELS, Resolver, UnknownNameError
 from bench.store import file_digest
 
@@ -62,7 +63,7 @@ class WeightsError(RuntimeError):
 @dataclass(frozen=True)
 class OpenClipParams:
     pretrained: str | None = None  # an open_clip pretrained tag; None with no checkpoint: random init
-    checkpoint: str | None = None  # a local weights file (safetensors or a plain state dict)
+    checkpoint: str | None = input_file()  # a local weights file (safetensors or a plain state dict)
     init_seed: int = 0  # for random initialisation
 
 
