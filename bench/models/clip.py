@@ -21,13 +21,17 @@ class ClipArch:
     """A small open_clip CLIP config.
 
     The image tower is convolutional (a ViT with 4x4 patches did not learn shape in a
-    10-minute CPU pre-training). `vision: half-resnet` (the default) is a timm ResNet
-    whose first convolution has stride 2 and no max-pool, so a 32 px image reaches its
-    first stage at 16x16; open_clip's ModifiedResNet (`modified-resnet`) reaches it at
-    8x8, where a 3 px trigger patch is a fraction of one cell: measured on scenes, BadNets
-    reached 8% ASR after 12 epochs of attack fine-tuning and 37% after 24."""
+    10-minute CPU pre-training): open_clip's ModifiedResNet (`modified-resnet`, the
+    default), whose stem brings a 32 px image to 8x8 before the first stage. There a 3 px
+    trigger patch is a fraction of one cell, and on scenes BadNets reaches only 8% ASR
+    after 12 epochs of attack fine-tuning (37% after 24 at lr 5e-4). `half-resnet` is a
+    timm ResNet whose first convolution has stride 2 and no max-pool (16x16 first stage):
+    with it BadNets reaches 85% after 12 epochs, but the pre-trained tower generalises
+    worse (zero-shot scenes 64% vs 80%, fine-tuned clean CA 68% vs 83%), below the 80%
+    the micro suite needs; it stays available as an option (README, "Attack training
+    regimes")."""
 
-    vision: str = "half-resnet"  # or "modified-resnet"
+    vision: str = "modified-resnet"  # or "half-resnet"
     vision_channels: tuple[int, int, int, int] = (16, 64, 128, 256)  # half-resnet stages
     embed_dim: int = 128
     vision_layers: tuple[int, int, int, int] = (1, 1, 1, 1)
