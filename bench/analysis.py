@@ -30,6 +30,13 @@ Vector = Mapping[str, torch.Tensor]
 # ---------------------------------------------------------------- pure parts
 
 
+def target_bias(pred_clean: torch.Tensor, labels: torch.Tensor, target: int) -> float:
+    """Share of clean images whose label is not the target that are predicted as the
+    target: what a vector that learned "predict t" does without any trigger."""
+    keep = labels != target
+    return metrics.share(pred_clean[keep] == target)
+
+
 def disagreement(pred_a: torch.Tensor, pred_b: torch.Tensor) -> float:
     return metrics.share(pred_a != pred_b)
 
@@ -100,7 +107,11 @@ def _evaluate(model, setting, acfg, ds, attack, split) -> dict:
 
 def run_alpha(store: Store, record: dict, alphas: Sequence[float]) -> dict:
     """CA and ASR (validation and test) and control accuracy against alpha, for one tbar
-    record, from its stored trigger vector and artifact (no retraining)."""
+    record, from its stored trigger vector and artifact (no retraining); with the target
+    bias (clean non-target test images predicted as the target) of theta_bd - alpha tau,
+    and, for the pre-trained model the attack started from, the target bias and ASR of
+    theta_pre + alpha tau: whether tau carries the trigger or only "predict t"."""
+    from bench.splits import subseed
     from bench.trial import load_artifact
 
     vec_path = store.local_root() / "trials" / record["trial_id"] / "trigger_vector.safetensors"
@@ -116,12 +127,25 @@ def run_alpha(store: Store, record: dict, alphas: Sequence[float]) -> dict:
     tau = {k: v.to(device) for k, v in tau.items()}
     params = dict(model.named_parameters())
     theta_bd = {k: params[k].detach().clone() for k in tau}
+    # the model before the attack (same architecture and parameter names as the victim)
+    pre = setting.victim(acfg["model"], acfg["model_params"], ds, subseed(acfg["seed"], "init"))
+    pre_params = dict(pre.named_parameters())
+    theta_pre = {k: pre_params[k].detach().clone() for k in tau}
+    t = attack.params.target
+    x_test = ds.test.x
+
+    def bias_of(m) -> float:
+        clf = setting.classifier(m, acfg["model"], acfg["model_params"], ds)
+        return target_bias(metrics.predict(clf, x_test), ds.test.labels, t)
+
     rows = []
     for a in alphas:
         taskvec.load_params(model, taskvec.apply(theta_bd, tau, -a))
         val = _evaluate(model, setting, acfg, ds, attack, ds.val)
         test = _evaluate(model, setting, acfg, ds, attack, ds.test)
         control = setting.control_accuracy(model, acfg["model"], acfg["model_params"], acfg["control_datasets"])
+        taskvec.load_params(pre, taskvec.apply(theta_pre, tau, a))
+        pre_test = _evaluate(pre, setting, acfg, ds, attack, ds.test)
         rows.append(
             {
                 "alpha": round(float(a), 6),
@@ -129,6 +153,9 @@ def run_alpha(store: Store, record: dict, alphas: Sequence[float]) -> dict:
                 "val_asr": val["asr"],
                 "test_ca": test["ca"],
                 "test_asr": test["asr"],
+                "test_target_bias": bias_of(model),
+                "pre_plus_tau_asr": pre_test["asr"],
+                "pre_plus_tau_target_bias": bias_of(pre),
                 "control": sum(control.values()) / len(control) if control else None,
                 **{f"control_{k}": v for k, v in control.items()},
             }
@@ -175,10 +202,14 @@ def run_disentanglement(
     n_eval: int = 500,
     defender_fraction: float = 0.25,
     progress: Callable[[str], None] = lambda m: None,
+    variants: Sequence[str] = ("triggered", "mix"),
 ) -> dict:
-    """tau_c (theta_pre fine-tuned on clean defender data) and one tau_t per attack
-    (theta_pre fine-tuned on triggered defender images labelled with the target), the
-    xi heatmap of each (tau_c, tau_t) pair on `grid` x `grid`, and the cosine matrix."""
+    """tau_c (theta_pre fine-tuned on clean defender data) and, per attack and variant,
+    tau_t (theta_pre fine-tuned on triggered defender images labelled with the target;
+    `mix` adds as many clean images with their true labels, as TBAR's mix variant does);
+    for each (tau_c, tau_t) pair on `grid` x `grid`: the xi heatmap, and the two effects
+    xi adds up, separated: the target bias (clean non-target images predicted as t) and
+    the trigger effect (triggered images predicted as t); and the cosine matrix."""
     from bench.settings import FinetuneSetting
     from bench.trial import build_attack
 
@@ -193,31 +224,43 @@ def run_disentanglement(
     val_x, val_y = ds.val.x[:n_eval], ds.val.labels[:n_eval]
     theta_pre = taskvec.trainable_params(pre)
     vectors: dict[str, Vector] = {"clean": tau_c}
-    heatmaps = {}
+    heatmaps, bias, effect = {}, {}, {}
     for name, acfg in attack_cfgs.items():
         attack = build_attack(acfg, tuple(ds.train.images.shape[1:]))
         if attack.needs_fitting or not attack.has_trigger:
             continue
         t = attack.params.target
         keep = pool.labels != t
-        progress(f"fine-tuning theta_pre on {name}-triggered data (tau_t)")
-        tau_t = _finetune(
-            pre, attack.apply(pool.x[keep]), torch.full_like(pool.labels[keep], t), steps, lr, subseed(seed, name)
-        )
-        vectors[name] = tau_t
+        x_trig, y_trig = attack.apply(pool.x[keep]), torch.full_like(pool.labels[keep], t)
         inputs = {"clean": val_x, "triggered": attack.apply(val_x[val_y != t])}
-        cache: dict[tuple[float, float, str], torch.Tensor] = {}
+        for variant in variants:
+            progress(f"fine-tuning theta_pre on {name} ({variant}) data (tau_t)")
+            if variant == "mix":  # TBAR's mix: as many clean samples with their true labels
+                n = len(y_trig)
+                x_fit, y_fit = torch.cat([x_trig, pool.x[:n]]), torch.cat([y_trig, pool.labels[:n]])
+            else:  # every sample triggered and labelled t: no negative example in the task
+                x_fit, y_fit = x_trig, y_trig
+            tau_t = _finetune(pre, x_fit, y_fit, steps, lr, subseed(seed, f"{name}:{variant}"))
+            key = name if variant == "triggered" else f"{name}/{variant}"
+            vectors[key] = tau_t
+            cache: dict[tuple[float, float, str], torch.Tensor] = {}
 
-        def predict_at(a_c: float, a_t: float, d: str, tau_t=tau_t, inputs=inputs, cache=cache) -> torch.Tensor:
-            key = (a_c, a_t, d)
-            if key not in cache:
-                params = taskvec.add(taskvec.scale(tau_c, a_c), taskvec.scale(tau_t, a_t))
-                taskvec.load_params(pre, taskvec.apply(theta_pre, params, 1.0))
-                cache[key] = metrics.predict(pre, inputs[d])
-            return cache[key]
+            def predict_at(a_c: float, a_t: float, d: str, tau_t=tau_t, inputs=inputs, cache=cache) -> torch.Tensor:
+                k = (a_c, a_t, d)
+                if k not in cache:
+                    params = taskvec.add(taskvec.scale(tau_c, a_c), taskvec.scale(tau_t, a_t))
+                    taskvec.load_params(pre, taskvec.apply(theta_pre, params, 1.0))
+                    cache[k] = metrics.predict(pre, inputs[d])
+                return cache[k]
 
-        heatmaps[name] = [[disentanglement_error(predict_at, a_c, a_t) for a_t in grid] for a_c in grid]
-        taskvec.load_params(pre, theta_pre)
+            heatmaps[key] = [[disentanglement_error(predict_at, a_c, a_t) for a_t in grid] for a_c in grid]
+            # the two effects xi mixes: clean non-target images sent to t (target bias), and
+            # triggered images sent to t (the trigger effect, an ASR)
+            bias[key] = [[target_bias(predict_at(a_c, a_t, "clean"), val_y, t) for a_t in grid] for a_c in grid]
+            effect[key] = [
+                [metrics.share(predict_at(a_c, a_t, "triggered") == t) for a_t in grid] for a_c in grid
+            ]
+            taskvec.load_params(pre, theta_pre)
     names, cos = cosine_matrix(vectors)
     return {
         "kind": "disentanglement",
@@ -230,6 +273,9 @@ def run_disentanglement(
         "n_eval": n_eval,
         "grid": list(grid),
         "xi": heatmaps,
+        "target_bias": bias,
+        "trigger_effect": effect,
+        "variants": list(variants),
         "cosine": {"names": names, "matrix": cos},
         "norms": {k: taskvec.norm(v) for k, v in vectors.items()},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -290,3 +336,114 @@ def run_budget(store: Store, cells: Sequence[dict], multipliers: Sequence[float]
                 }
             )
     return {"kind": "budget", "rows": rows, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+# ---------------------------------------------------------------- the capacity ladder
+
+
+def rung_params(model: str, model_params: dict) -> dict[str, int] | None:
+    """Image-tower and total parameter counts of a registered clip model, if it can say."""
+    from bench.registry import MODELS
+
+    count = MODELS.entry(model).extra.get("param_counts")
+    if count is None:
+        return None
+    from bench.config import from_dict
+
+    params = from_dict(MODELS.get(model).Params, model_params, f"model_params.{model}")
+    from bench.models.zoo import param_counts
+
+    return param_counts(params.arch()) if hasattr(params, "arch") else count()
+
+
+def scale_rows(records: Sequence[dict], defenses: Sequence[str] = ("tbar", "tbar-mix", "finetune", "cleanclip")) -> list[dict]:
+    """Per (rung, defense): image-tower size and, over the (attack, seed) rows whose attack
+    took, ASR at 95% and 90% retention, CA retention and control retention with 95% CIs."""
+    from bench import stats, tables
+
+    df = tables.records_frame(list(records))
+    if df.empty:
+        return []
+    out = []
+    sizes = {}
+    for r in records:
+        c = r["config"]
+        if c["model"] not in sizes:
+            sizes[c["model"]] = rung_params(c["model"], c.get("model_params") or {})
+    took = df[(df["attack"] != "none") & df["took"]]
+    for (model, defense), grp in took.groupby(["model", "defense"]):
+        if defense not in defenses:
+            continue
+        row = {"model": model, "defense": defense, "rows": len(grp),
+               "visual_params": (sizes.get(model) or {}).get("visual"), "total_params": (sizes.get(model) or {}).get("total")}  # fmt: skip
+        for m in ("asr_r95", "asr_r90", "auc_90", "ca_retention", "control_retention", "bd_asr", "bd_ca"):
+            est = stats.mean_ci(grp[m].tolist())
+            row[m], row[f"{m}_ci"] = est.mean, est.half
+        out.append(row)
+    return sorted(out, key=lambda r: (r["visual_params"] or 0, r["defense"]))
+
+
+def vector_diagnostics(store: Store, record: dict) -> dict:
+    """For one tbar/tbar-mix record: target bias and trigger effect (test) of theta_pre + tau
+    and of theta_bd - tau (alpha = 1), from its stored vector."""
+    res = run_alpha(store, record, [1.0])["rows"][0]
+    return {
+        "pre_plus_tau_target_bias": res["pre_plus_tau_target_bias"],
+        "pre_plus_tau_asr": res["pre_plus_tau_asr"],
+        "bd_minus_tau_target_bias": res["test_target_bias"],
+        "bd_minus_tau_asr": res["test_asr"],
+    }
+
+
+def run_scale(store: Store, records: Sequence[dict], xi_steps: int = 150, xi_lr: float = 3e-4, progress=lambda m: None) -> dict:
+    """The ladder analysis: per rung, the matched-retention numbers (scale_rows), the
+    target bias / trigger effect of every tbar variant's vector, and xi(1, 1) of the
+    triggered-only and mix vectors fine-tuned from theta_pre, per seed (CIs over seeds)."""
+    from bench import stats
+    from bench.config import from_dict, to_dict
+    from bench.registry import ATTACKS
+
+    rows = scale_rows(records)
+    diag: dict[tuple, list[dict]] = {}
+    for r in records:
+        c, m = r["config"], r.get("metrics") or {}
+        if r.get("status") != "ok" or c["defense"] not in ("tbar", "tbar-mix"):
+            continue
+        if (m.get("backdoored") or {}).get("asr") is None or m["backdoored"]["asr"] < 0.5:
+            continue
+        progress(f"vector diagnostics: {c['model']}/{c['attack']}/{c['defense']}/seed{c['seed']}")
+        diag.setdefault((c["model"], c["defense"]), []).append(vector_diagnostics(store, r))
+    for row in rows:
+        for k in ("pre_plus_tau_target_bias", "pre_plus_tau_asr", "bd_minus_tau_target_bias", "bd_minus_tau_asr"):
+            est = stats.mean_ci([d[k] for d in diag.get((row["model"], row["defense"]), [])])
+            row[k], row[f"{k}_ci"] = est.mean, est.half
+    # xi(1, 1) per rung, attack and vector variant, over the seeds of the records
+    cells = sorted({(r["config"]["model"], json_key(r["config"].get("model_params")), r["config"]["dataset"],
+                     r["config"]["attack"], r["config"]["seed"]) for r in records
+                    if r.get("status") == "ok" and r["config"]["defense"] == "tbar"})  # fmt: skip
+    xi: dict[tuple, list[float]] = {}
+    for model, mp, dataset, attack, seed in cells:
+        progress(f"xi(1, 1): {model}/{attack}/seed{seed}")
+        cls = ATTACKS.get(attack)
+        acfg = {"attack": attack, "attack_params": to_dict(from_dict(cls.Params, {}, attack)), "seed": seed}
+        d = run_disentanglement(model, json_load(mp), dataset, {attack: acfg}, [0.0, 1.0], xi_steps, xi_lr, seed)
+        for key, heat in d["xi"].items():
+            variant = "mix" if key.endswith("/mix") else "triggered"
+            xi.setdefault((model, variant), []).append(heat[1][1])
+    xi_rows = []
+    for (model, variant), vals in sorted(xi.items()):
+        est = stats.mean_ci(vals)
+        xi_rows.append({"model": model, "variant": variant, "xi_11": est.mean, "xi_11_ci": est.half, "n": est.n})
+    return {"kind": "scale", "rows": rows, "xi": xi_rows, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def json_key(obj) -> str:
+    import json
+
+    return json.dumps(obj or {}, sort_keys=True)
+
+
+def json_load(s: str) -> dict:
+    import json
+
+    return json.loads(s)

@@ -355,6 +355,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         DEFENSES.entry(args.defense)
     elif args.what == "budget":
         SETTINGS.resolve(args.settings or suite.settings)
+    elif args.what == "scale":
+        pass  # reads the suite's records
     else:
         model, dataset = args.model or suite.models[0], args.dataset or suite.datasets[0]
         if MODELS.entry(model).extra.get("kind") != "clip":
@@ -366,6 +368,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     _threads()
     if args.what == "budget":
         return _analyze_budget(args, store, suite, out, start)
+    if args.what == "scale":
+        return _analyze_scale(args, store, suite, out, start)
     if args.what == "alpha":
         from defenses.tbar import TbarParams
 
@@ -412,11 +416,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         stem = f"disentanglement-{model}-{result['dataset']}-s{args.seed}"
         analysis.save(result, store, stem)
         rows = [
-            {"attack": a, "a_c": grid[i], "a_t": grid[j], "xi": result["xi"][a][i][j]}
+            {"vector": a, "a_c": grid[i], "a_t": grid[j], "xi": result["xi"][a][i][j],
+             "target_bias": result["target_bias"][a][i][j], "trigger_effect": result["trigger_effect"][a][i][j]}
             for a in result["xi"] for i in range(len(grid)) for j in range(len(grid))
         ]  # fmt: skip
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=["attack", "a_c", "a_t", "xi"])
+        w = csv.DictWriter(buf, fieldnames=["vector", "a_c", "a_t", "xi", "target_bias", "trigger_effect"])
         w.writeheader()
         w.writerows(rows)
         atomic_write_bytes(out / f"{stem}.csv", buf.getvalue().encode())
@@ -426,6 +431,34 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                                                for j, b in enumerate(names) if j > i))  # fmt: skip
         console.print(f"  -> {out / stem}.png, .csv")
     console.print(f"done in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _analyze_scale(args, store, suite, out: Path, start: float) -> int:
+    """The capacity ladder from the suite's records (bench run --suite scale first)."""
+    import csv
+    import io
+    import time
+
+    from bench import analysis, leaderboard, plots
+    from bench.store import atomic_write_bytes
+
+    records = [r for r in leaderboard.select_records(store.records(), suite.name) if r.get("status") == "ok"]
+    if not records:
+        console.print(f"bench: error: no ok records of suite {suite.name!r} under {store.root}; run the grid first")
+        return 1
+    result = analysis.run_scale(store, records, args.steps, args.lr, progress=lambda m: console.print(m, highlight=False))
+    stem = f"scale-{suite.name}"
+    analysis.save(result, store, stem)
+    for name, rows in (("", result["rows"]), ("-xi", result["xi"])):
+        if rows:
+            buf = io.StringIO()
+            w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+            atomic_write_bytes(out / f"{stem}{name}.csv", buf.getvalue().encode())
+    atomic_write_bytes(out / f"{stem}.png", plots.scale(result))
+    console.print(f"  -> {out / stem}.png, .csv, -xi.csv in {time.perf_counter() - start:.0f} s")
     return 0
 
 

@@ -370,7 +370,7 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:
     lb.add_argument("--executor", choices=["ray", "serial"], default="ray", help="--check: executor for the rerun")
 
     an = command("analyze", "TBAR analyses: alpha curves, weight disentanglement; attack budget curves")
-    an.add_argument("what", choices=["alpha", "disentanglement", "budget"], help="which analysis")
+    an.add_argument("what", choices=["alpha", "disentanglement", "budget", "scale"], help="which analysis")
     suite_option(an)
     an.add_argument("--results", type=existing_results, default="results", help="storage root of the records")
     an.add_argument("--out", type=out_folder,

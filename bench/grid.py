@@ -107,6 +107,9 @@ def plan_grid(suite: SuiteConfig, sel: Selection) -> Plan:
                             "defender_fraction": suite.defender_fraction,
                             "control_datasets": [d for d in suite.control_datasets if d != dataset],
                         }
+                        version = DATASETS.entry(dataset).extra.get("version")
+                        if version is not None:  # a generated dataset's generator: a new one is new data
+                            acfg["dataset_version"] = version
                         if precision != "fp32":  # only when set, so fp32 trial ids stay as they were
                             acfg["precision"] = precision
                         cell = f"{model}/{dataset}/{setting}/{attack}/seed{seed}"

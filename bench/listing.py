@@ -16,6 +16,16 @@ def registry_rows(registry, pattern: str | None) -> list[tuple[str, str, str]]:
     return [(e.name, ",".join(e.settings) or "-", e.description) for e in registry if matches(e.name, pattern)]
 
 
+def _with_params(entry, description: str) -> str:
+    """The description with the model's parameter counts, for entries that can count them
+    (built here from the registry, so the listing cannot drift from the code)."""
+    count = entry.extra.get("param_counts")
+    if count is None:
+        return description
+    c = count()
+    return f"{description} [image tower {c['visual'] / 1e6:.2f}M of {c['total'] / 1e6:.2f}M params]"
+
+
 def model_rows(pattern: str | None) -> list[tuple[str, str, str]]:
     """Registered models, plus, when a pattern is given, the open_clip architectures (or,
     for a 'timm:' pattern, the timm architectures) it matches."""
@@ -23,7 +33,7 @@ def model_rows(pattern: str | None) -> list[tuple[str, str, str]]:
     from bench.models.published import open_clip_architectures, tokenizer_problem
     from bench.registry import MODELS
 
-    rows = registry_rows(MODELS, pattern)
+    rows = [(n, st, _with_params(MODELS.entry(n), d)) for n, st, d in registry_rows(MODELS, pattern)]
     if pattern is None:
         return rows
     shown = {r[0] for r in rows}

@@ -129,26 +129,30 @@ def alpha_curves(records: list[dict]) -> bytes | None:
 
 
 def alpha_analysis(result: dict) -> bytes:
-    """CA, ASR and control accuracy against alpha on validation and test (bench analyze alpha)."""
+    """CA, ASR, control accuracy and target bias against alpha (bench analyze alpha): the
+    last panel separates the trigger effect from the target bias for theta_pre + alpha tau."""
     rows = result["rows"]
     a = [r["alpha"] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), sharex=True)
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4), sharex=True)
     panels = [
-        ("CA", [("val_ca", "validation"), ("test_ca", "test")]),
-        ("ASR", [("val_asr", "validation"), ("test_asr", "test")]),
+        ("CA (theta_bd - alpha tau)", [("val_ca", "validation"), ("test_ca", "test")]),
+        ("ASR and target bias (theta_bd - alpha tau)", [("val_asr", "val ASR"), ("test_asr", "test ASR"),
+                                                        ("test_target_bias", "test target bias")]),
         ("control accuracy", [("control", "test (control datasets)")]),
-    ]
+        ("theta_pre + alpha tau", [("pre_plus_tau_asr", "ASR (trigger effect)"),
+                                   ("pre_plus_tau_target_bias", "target bias")]),
+    ]  # fmt: skip
     for ax, (title, series) in zip(axes, panels, strict=True):
         for key, label in series:
             vals = [100 * r[key] if r.get(key) is not None else float("nan") for r in rows]
             ax.plot(a, vals, marker=".", label=label)
-        if result.get("chosen_alpha") is not None:
+        if result.get("chosen_alpha") is not None and not title.startswith("theta_pre"):
             ax.axvline(result["chosen_alpha"], color="black", ls="--", lw=1, label="chosen alpha")
-        ax.set_title(title)
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("alpha")
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     axes[0].set_ylabel("%")
-    axes[0].legend(fontsize=8)
     c = result["config"]
     fig.suptitle(f"{c['defense']} on {c['model']}/{c['dataset']}/{c['setting']}/{c['attack']} (seed {c['seed']})")
     fig.tight_layout()
@@ -156,31 +160,39 @@ def alpha_analysis(result: dict) -> bytes:
 
 
 def disentanglement(result: dict) -> bytes:
-    """xi(a_c, a_t) heatmaps (one per attack) and the task-vector cosine matrix."""
-    attacks = list(result["xi"])
-    n = len(attacks) + 1
-    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.4))
-    axes = list(axes) if n > 1 else [axes]
+    """Per trigger vector (attack and variant): xi(a_c, a_t), and the two effects it adds
+    up, separated: target bias (clean non-target images to t) and trigger effect
+    (triggered images to t); plus the task-vector cosine matrix."""
+    keys = list(result["xi"])
+    maps = [("xi", "xi", 0, 2, "magma"), ("target_bias", "target bias", 0, 1, "viridis"),
+            ("trigger_effect", "trigger effect (ASR)", 0, 1, "viridis")]  # fmt: skip
+    maps = [m for m in maps if m[0] in result]
+    rows, cols = len(keys) + 1, len(maps)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.0 * rows), squeeze=False)
     grid = result["grid"]
     ticks = [f"{g:g}" for g in grid]
-    for ax, name in zip(axes, attacks, strict=False):
-        im = ax.imshow(result["xi"][name], origin="lower", cmap="magma", vmin=0, vmax=2)
-        ax.set_xticks(range(len(grid)), ticks, fontsize=7)
-        ax.set_yticks(range(len(grid)), ticks, fontsize=7)
-        ax.set_xlabel("a_t (trigger vector)")
-        ax.set_ylabel("a_c (clean vector)")
-        ax.set_title(f"xi: clean + {name}", fontsize=9)
-        fig.colorbar(im, ax=ax, fraction=0.046)
+    for i, key in enumerate(keys):
+        for j, (field, title, lo, hi, cmap) in enumerate(maps):
+            ax = axes[i][j]
+            im = ax.imshow(result[field][key], origin="lower", cmap=cmap, vmin=lo, vmax=hi)
+            ax.set_xticks(range(len(grid)), ticks, fontsize=7)
+            ax.set_yticks(range(len(grid)), ticks, fontsize=7)
+            ax.set_xlabel("a_t (trigger vector)", fontsize=7)
+            ax.set_ylabel("a_c (clean vector)", fontsize=7)
+            ax.set_title(f"{title}: {key}", fontsize=8)
+            fig.colorbar(im, ax=ax, fraction=0.046)
     names, mat = result["cosine"]["names"], result["cosine"]["matrix"]
-    ax = axes[-1]
+    ax = axes[-1][0]
     im = ax.imshow(mat, cmap="coolwarm", vmin=-1, vmax=1)
-    ax.set_xticks(range(len(names)), names, rotation=45, fontsize=7)
-    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set_xticks(range(len(names)), names, rotation=45, fontsize=6)
+    ax.set_yticks(range(len(names)), names, fontsize=6)
     for i in range(len(names)):
         for j in range(len(names)):
-            ax.text(j, i, f"{mat[i][j]:.2f}", ha="center", va="center", fontsize=7)
+            ax.text(j, i, f"{mat[i][j]:.2f}", ha="center", va="center", fontsize=6)
     ax.set_title("cosine of task vectors", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
+    for ax in axes[-1][1:]:
+        ax.axis("off")
     fig.tight_layout()
     return _png(fig)
 
@@ -204,5 +216,50 @@ def budget(result: dict) -> bytes:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("%")
     axes[1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def scale(result: dict) -> bytes:
+    """The capacity ladder: image-tower parameters (log) against each matched-retention
+    metric, target bias and xi(1, 1), means with 95% CIs over seeds."""
+    rows = [r for r in result["rows"] if r.get("visual_params")]
+    panels = [
+        ("asr_r95", "ASR at 95% retention (%)"), ("asr_r90", "ASR at 90% retention (%)"),
+        ("ca_retention", "CA retention, own rule (%)"), ("control_retention", "control retention (%)"),
+        ("pre_plus_tau_target_bias", "target bias of theta_pre + tau (%)"),
+    ]  # fmt: skip
+    fig, axes = plt.subplots(2, 3, figsize=(14, 7.2))
+    flat = list(axes.flat)
+    for ax, (key, title) in zip(flat, panels, strict=False):
+        for defense in sorted({r["defense"] for r in rows}):
+            pts = sorted((r for r in rows if r["defense"] == defense and r.get(key) == r.get(key) and r.get(key) is not None),
+                         key=lambda r: r["visual_params"])  # fmt: skip
+            if not pts:
+                continue
+            ci = [100 * (r.get(f"{key}_ci") if r.get(f"{key}_ci") == r.get(f"{key}_ci") else 0) for r in pts]
+            ax.errorbar([r["visual_params"] for r in pts], [100 * r[key] for r in pts], yerr=ci, marker="o",
+                        capsize=3, label=defense)  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("image-tower parameters")
+        ax.grid(alpha=0.3)
+    ax = flat[5]
+    sizes = {r["model"]: r["visual_params"] for r in rows}
+    for variant in ("triggered", "mix"):
+        pts = sorted((x for x in result.get("xi", []) if x["variant"] == variant and sizes.get(x["model"])),
+                     key=lambda x: sizes[x["model"]])  # fmt: skip
+        if pts:
+            ci = [x["xi_11_ci"] if x["xi_11_ci"] == x["xi_11_ci"] else 0 for x in pts]
+            ax.errorbar([sizes[x["model"]] for x in pts], [x["xi_11"] for x in pts], yerr=ci, marker="s", capsize=3,
+                        label=f"{variant} vector")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_title("xi(1, 1): 0 disentangled, 2 entangled", fontsize=9)
+    ax.set_xlabel("image-tower parameters")
+    ax.grid(alpha=0.3)
+    for a in flat:
+        if a.get_legend_handles_labels()[0]:
+            a.legend(fontsize=7)
+    fig.suptitle("Does TBAR's premise need scale? The capacity ladder (means, 95% CIs over seeds)", fontsize=10)
     fig.tight_layout()
     return _png(fig)

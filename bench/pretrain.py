@@ -30,7 +30,7 @@ ZERO_SHOT_SETS = ("shapes", "scenes", "colors", "digits")
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    steps: int = 600  # 400 already gave 97% / 100% / 98% zero-shot (shapes / colors / digits val)
+    steps: int = 1000  # scenes zero-shot: 80% after 800 steps (shapes 98%, colors 100%, digits 99%)
     batch_size: int = 256
     lr: float = 2e-3
     weight_decay: float = 0.1
@@ -124,8 +124,12 @@ def zero_shot_accuracy(model, dataset: str, split: str = "test") -> float:
 
 
 def pretrain(cfg: PretrainConfig, on_step: Callable[[int, float], None] | None = None):
+    from bench import runtime
+
     torch.manual_seed(cfg.seed)
     model = build_clip(cfg.arch)
+    if runtime.current().channels_last:  # NHWC: oneDNN's faster CPU kernels for the conv tower
+        model = model.to(memory_format=torch.channels_last)
     spec = TrainSpec(
         steps=cfg.steps,
         lr=cfg.lr,

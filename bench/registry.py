@@ -222,6 +222,7 @@ def load_plugins() -> None:
     import bench.data.builtin
     import bench.data.real
     import bench.models.classifiers
+    import bench.models.ladder
     import bench.models.published
     import bench.models.zoo
     import bench.settings  # noqa: F401

@@ -146,12 +146,22 @@ def write_tbar_report(store: Store, suite: str, out_dir: Path) -> Path:
     for d in dis:
         stem = f"disentanglement-{d['model']}-{d['dataset']}-s{d['seed']}"
         lines += [f"![{stem}](tbar-analysis/{stem}.png)", ""]
-        g = d["grid"]
+        lines += ["| vector | xi(1, 1) | mean xi | target bias at (0, 1) | trigger effect at (0, 1) |",
+                  "|---|---|---|---|---|"]  # fmt: skip
         for name, heat in d["xi"].items():
+            bias = (d.get("target_bias") or {}).get(name)
+            eff = (d.get("trigger_effect") or {}).get(name)
             lines.append(
-                f"- {name}: xi(1, 1) = {heat[-1][-1]:.3f}, mean xi over the {len(g)}x{len(g)} grid = "
-                f"{_mean([v for row in heat for v in row]):.3f} (0 = disentangled, 2 = fully entangled)"
+                f"| {name} | {heat[-1][-1]:.3f} | {_mean([v for row in heat for v in row]):.3f} | "
+                f"{_pct(bias[0][-1]) if bias else 'n/a'} | {_pct(eff[0][-1]) if eff else 'n/a'} |"
             )
+        lines += [
+            "",
+            "xi: 0 = disentangled, 2 = fully entangled. Target bias: clean non-target images that "
+            "theta_pre + tau_t sends to the target; trigger effect: triggered images it sends there. "
+            "A vector with target bias near its trigger effect learned \"predict t\", not the trigger.",
+            "",
+        ]
         names, mat = d["cosine"]["names"], d["cosine"]["matrix"]
         for i, a in enumerate(names):
             for j, b in enumerate(names):

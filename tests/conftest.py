@@ -14,6 +14,7 @@ def _isolated_cache(tmp_path_factory):
     import attacks  # noqa: F401  registration
     import bench.data.builtin
     import bench.models.classifiers
+    import bench.models.ladder
     import bench.models.published
     import bench.models.zoo
     import bench.settings  # noqa: F401

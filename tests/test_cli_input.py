@@ -29,7 +29,7 @@ BAD = [
     (["leaderboard", "--results", "missing-folder"], ["--results", "no such results folder"]),
     (["report", "tbar", "--results", "missing-folder"], ["--results", "no results folder"]),
     (["analyze", "alpha", "--results", "afile"], ["--results", "is a file"]),
-    (["run", "--results", "s3://bucket/x"], ["--results", "file://"]),
+    (["run", "--results", "gs://bucket/x"], ["--results", "gs://"]),
     (["run", "--suite", "fraction.yaml"], ["defender_fraction = 1.5", "must be in (0, 1)"]),
     (["run", "--suite", "negseed.yaml"], ["seeds[0] = -3", "must be >= 0"]),
     (["run", "--suite", "knob.yaml"], ["attack_params.badnets.side", "integer"]),

@@ -139,6 +139,7 @@ def _scene_caption_corpus(n: int, seed: int) -> tuple[torch.Tensor, np.ndarray, 
     "procedural cluttered 32x32 scenes (pink-noise textures, distractors, occlusion, lighting, blur); "
     "label = the main object's shape (10 classes); the micro suite's attacked task",
     caption_corpus=_scene_caption_corpus,
+    version=scenes.VERSION,
 )
 def scenes_dataset() -> LabeledDataset:
     arrays = _scene_arrays("scenes", GEN_SIZES)

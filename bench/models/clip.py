@@ -31,8 +31,10 @@ class ClipArch:
     the micro suite needs; it stays available as an option (README, "Attack training
     regimes")."""
 
-    vision: str = "modified-resnet"  # or "half-resnet"
+    vision: str = "modified-resnet"  # or "half-resnet", "vit"
     vision_channels: tuple[int, int, int, int] = (16, 64, 128, 256)  # half-resnet stages
+    vit_layers: int = 2  # vit: transformer blocks (width vision_width, patch_size px patches)
+    patch_size: int = 4
     embed_dim: int = 128
     vision_layers: tuple[int, int, int, int] = (1, 1, 1, 1)
     vision_width: int = 16
@@ -85,13 +87,17 @@ class HalfResNetTower(nn.Module):
 
 
 def build_clip(arch: ClipArch) -> CLIP:
+    if arch.vision not in ("modified-resnet", "half-resnet", "vit"):
+        raise ValueError(f"ClipArch.vision {arch.vision!r} is not allowed; allowed: half-resnet, modified-resnet, vit")
+    vit = arch.vision == "vit"
     model = CLIP(
         embed_dim=arch.embed_dim,
         vision_cfg=CLIPVisionCfg(
-            layers=arch.vision_layers,
+            layers=arch.vit_layers if vit else arch.vision_layers,
             width=arch.vision_width,
             head_width=arch.vision_head_width,
             image_size=arch.image_size,
+            patch_size=arch.patch_size,
         ),
         text_cfg=CLIPTextCfg(
             context_length=arch.context_length,
@@ -103,8 +109,6 @@ def build_clip(arch: ClipArch) -> CLIP:
     )
     if arch.vision == "half-resnet":
         model.visual = HalfResNetTower(arch.vision_channels, arch.vision_layers, arch.embed_dim, arch.image_size)
-    elif arch.vision != "modified-resnet":
-        raise ValueError(f"ClipArch.vision {arch.vision!r} is not allowed; allowed: half-resnet, modified-resnet")
     # The tiny CLIP's own input statistics (open_clip would assume OpenAI's).
     open_clip.set_model_preprocess_cfg(model, {"size": (arch.image_size, arch.image_size), "mean": MEAN, "std": STD})
     return model

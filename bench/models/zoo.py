@@ -14,31 +14,63 @@ import torch
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
-from bench.models.clip import normalize_images
+from bench.data import scenes
+from bench.models.clip import ClipArch, normalize_images
 from bench.pretrain import PretrainConfig, get_pretrained
 from bench.registry import MODELS
 
 
 @dataclass(frozen=True)
 class TinyClipParams:
-    """Knobs of the tiny CLIP's one-time pre-training (see bench/pretrain.py)."""
+    """Knobs of the tiny CLIP's one-time pre-training (see bench/pretrain.py). Every
+    field enters trial ids, so a changed corpus (a new scene generator version) or
+    architecture never reuses records of another model."""
 
     pretrain_steps: int = PretrainConfig.steps
     pretrain_batch_size: int = PretrainConfig.batch_size
     pretrain_lr: float = PretrainConfig.lr
     pretrain_seed: int = 0
+    pretrain_scenes: int = PretrainConfig.n_scenes
+    pretrain_scene_share: float = PretrainConfig.scene_share
+    corpus_version: int = scenes.VERSION
+    vision: str = ClipArch.vision
+    vision_width: int = ClipArch.vision_width
+    vit_layers: int = ClipArch.vit_layers
+
+    def arch(self) -> ClipArch:
+        return ClipArch(vision=self.vision, vision_width=self.vision_width, vit_layers=self.vit_layers)
 
     def pretrain_config(self) -> PretrainConfig:
+        if self.corpus_version != scenes.VERSION:
+            raise ValueError(
+                f"corpus_version {self.corpus_version} names a scene generator this code no longer has "
+                f"(it has version {scenes.VERSION})"
+            )
         return PretrainConfig(
-            steps=self.pretrain_steps, batch_size=self.pretrain_batch_size, lr=self.pretrain_lr, seed=self.pretrain_seed
+            steps=self.pretrain_steps,
+            batch_size=self.pretrain_batch_size,
+            lr=self.pretrain_lr,
+            seed=self.pretrain_seed,
+            n_scenes=self.pretrain_scenes,
+            scene_share=self.pretrain_scene_share,
+            arch=self.arch(),
         )
+
+
+def param_counts(arch: ClipArch) -> dict[str, int]:
+    """Parameters of the image tower (what TBAR's task vector spans) and of the whole CLIP."""
+    from bench.models.clip import build_clip
+
+    model = build_clip(arch)
+    return {"visual": sum(p.numel() for p in model.visual.parameters()), "total": sum(p.numel() for p in model.parameters())}
 
 
 @MODELS.register(
     "tiny-clip",
-    "open_clip CLIP (ModifiedResNet image tower, 8M params) pre-trained here on the built-in captions",
+    "open_clip CLIP, ModifiedResNet width 16 image tower, pre-trained here on the built-in captions",
     settings=("finetune",),
     kind="clip",
+    param_counts=lambda: param_counts(TinyClipParams().arch()),
 )
 class TinyClip:
     Params = TinyClipParams
