@@ -512,12 +512,21 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
-    from bench.pretrain import PretrainConfig, checkpoint_path, get_pretrained
+    import dataclasses
 
-    cfg = PretrainConfig(steps=args.steps, seed=args.seed)
+    from bench.pretrain import checkpoint_path, get_pretrained
+    from bench.registry import MODELS
+
+    params_cls = getattr(MODELS.get(args.model), "Params", None)
+    if params_cls is None or not hasattr(params_cls, "pretrain_config"):
+        raise ConfigError(f"--model {args.model!r} is not pre-trained here; allowed: tiny-clip and the ladder rungs")
+    params = params_cls(pretrain_seed=args.seed)
+    if args.steps is not None:
+        params = dataclasses.replace(params, pretrain_steps=args.steps)
+    cfg = params.pretrain_config()
     _threads()
     with Progress(
-        TextColumn("pre-training tiny-clip"),
+        TextColumn(f"pre-training {args.model}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
@@ -549,10 +558,6 @@ def main(argv: list[str] | None = None) -> int:
 
     repro.apply_environment()  # before torch and numpy are imported: they read it once
     args = build_parser().parse_args(argv)
-    if getattr(args, "steps", 1) is None:
-        from bench.pretrain import PretrainConfig
-
-        args.steps = PretrainConfig.steps
     from bench.store import StorageError  # after parsing: a bad option never waits for torch to import
 
     load_plugins()

@@ -399,8 +399,9 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:
         "with --out leaderboards)",
     )
 
-    pt = command("pretrain", "(re)produce the tiny-clip checkpoint")
-    pt.add_argument("--steps", type=positive_int, help="pre-training steps (default: bench.pretrain's)")
+    pt = command("pretrain", "(re)produce the checkpoint of a CLIP pre-trained here (tiny-clip, ladder rungs)")
+    pt.add_argument("--model", default="tiny-clip", help="a clip model pre-trained here (bench list models)")
+    pt.add_argument("--steps", type=positive_int, help="pre-training steps (default: the model's)")
     pt.add_argument("--seed", type=nonneg_int, default=0, help="pre-training seed")
     pt.add_argument("--force", action="store_true", help="train even if the cache has it")
     return p
