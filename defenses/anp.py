@@ -59,6 +59,9 @@ class AnpParams:
     threshold: float = 0.2  # prune masks <= threshold
     data_fraction: float = 0.01  # ANP: 1% of the training set
     augment: Literal["none", "crop-flip"] = "crop-flip"  # the reference's transform_train
+    # "train": masks learned with batch statistics, as the reference; "eval": with the
+    # model's running statistics (for victims whose BN statistics were frozen in training)
+    norm_mode: Literal["train", "eval"] = "train"
 
     def __post_init__(self) -> None:
         if self.iterations < 0 or self.steps < 1 or not 0 <= self.trade_off <= 1:
@@ -67,7 +70,7 @@ class AnpParams:
 
 ANP_REFERENCE = {
     "eps": 0.4, "steps": 1, "trade_off": 0.2, "iterations": 2000, "lr": 0.2, "batch_size": 128,
-    "threshold": 0.2, "data_fraction": 0.01, "augment": "crop-flip",
+    "threshold": 0.2, "data_fraction": 0.01, "augment": "crop-flip", "norm_mode": "train",
 }  # fmt: skip
 
 THRESHOLDS = [round(0.05 * i, 2) for i in range(20)]  # 0 to 0.95, prune_neuron_cifar.py's grid
@@ -150,7 +153,7 @@ def learn_masks(
     pool_index = torch.arange(len(x)) if pool_index is None else pool_index
     log: dict = {"natural": [], "robust": []}
     try:
-        classify.train()
+        classify.train(p.norm_mode == "train")
         with frozen(classify.parameters()):
             for it in range(p.iterations):
                 idx = torch.randint(len(x), (p.batch_size,), generator=gen)
