@@ -146,9 +146,9 @@ def test_anp_prunes_by_threshold_on_the_norm_weight_and_restores():
     # threshold 0.2 (<=): bn neurons 0, 1, 2 and ln neuron 0 lose their weight; biases stay
     assert out.extra["pruned"] == 4 and out.knob.chosen == 0.2 and out.knob.identity is None
     assert torch.equal(net.bn.weight.detach(), torch.tensor([0.0, 0.0, 0.0, float(w_bn[3])]))
-    assert torch.equal(net.bn.bias.detach(), b_bn) and float(net.ln.weight[0]) == 0 and float(net.ln.weight[1]) == 1
+    assert torch.equal(net.bn.bias.detach(), b_bn) and float(net.ln.weight[0].detach()) == 0 and float(net.ln.weight[1].detach()) == 1
     out.knob.at(0.1)
-    assert int((net.bn.weight == 0).sum()) == 1 and float(net.ln.weight[0]) == 0
+    assert int((net.bn.weight == 0).sum()) == 1 and float(net.ln.weight[0].detach()) == 0
     out.knob.at(IDENTITY)
     assert torch.equal(net.bn.weight.detach(), w_bn) and bool((net.ln.weight == 1).all())
     assert DataMeter().as_cost() == out.meter.as_cost()  # the fake learner consumed nothing
