@@ -46,6 +46,10 @@ class BadClipParams(AttackParams):
 class BadClipPatch(Attack):
     Params = BadClipParams
     needs_fitting = True
+    deviations = (
+        "a BadCLIP-style patch, not the published attack: only two embedding-alignment terms are optimised (the "
+        "target's text embedding and the attacker's target-class images' mean embedding)",
+    )
 
     def __init__(self, params: BadClipParams, image_shape: tuple[int, int, int], seed: int):
         super().__init__(params, image_shape, seed)

@@ -72,6 +72,12 @@ class Attack(abc.ABC):
     Params: type[AttackParams] = AttackParams
     clean_label: bool = False
     has_trigger: bool = True
+    # Where this attack departs from its reference, one sentence each; the engine
+    # writes them into every record (record["deviations"]["attack"]).
+    deviations: tuple[str, ...] = ()
+
+    def deviations_in(self, setting: str) -> list[str]:
+        return list(self.deviations)
 
     def __init__(self, params: AttackParams, image_shape: tuple[int, int, int], seed: int):
         self.params = params

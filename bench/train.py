@@ -35,6 +35,12 @@ class TrainSpec:
     schedule: str = "cosine"  # or "constant"
     optimizer: str = "adamw"  # or "sgd" (with momentum; BackdoorBench's from-scratch regime)
     momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW's (torch's defaults)
+    adam_eps: float = 1e-8
+    # Warmup from `warmup_start_lr` (linearly, reaching `lr` at the last warmup step) instead
+    # of from lr / warmup_steps; and a cosine that ends at `final_lr` instead of 0.
+    warmup_start_lr: float | None = None
+    final_lr: float = 0.0
     # Fine-tunes of a trained model keep BatchNorm statistics fixed, so the
     # function is determined by the parameters alone and task vectors are exact.
     freeze_norm_stats: bool = True
@@ -58,11 +64,14 @@ class TrainStats:
 
 def lr_at(step: int, spec: TrainSpec) -> float:
     if spec.warmup_steps and step < spec.warmup_steps:
+        if spec.warmup_start_lr is not None:  # np.linspace(start, lr, warmup_steps)[step]
+            frac = step / (spec.warmup_steps - 1) if spec.warmup_steps > 1 else 1.0
+            return spec.warmup_start_lr + (spec.lr - spec.warmup_start_lr) * frac
         return spec.lr * (step + 1) / spec.warmup_steps
     if spec.schedule == "constant":
         return spec.lr
     done = (step - spec.warmup_steps) / max(1, spec.steps - spec.warmup_steps)
-    return spec.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
+    return spec.final_lr + (spec.lr - spec.final_lr) * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
 
 
 def index_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
@@ -122,7 +131,7 @@ def train(
     if spec.optimizer == "sgd":
         opt = torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
     else:
-        opt = torch.optim.AdamW(groups, lr=spec.lr, weight_decay=spec.weight_decay)
+        opt = torch.optim.AdamW(groups, lr=spec.lr, weight_decay=spec.weight_decay, betas=spec.betas, eps=spec.adam_eps)
     model.train()
     if spec.freeze_norm_stats:
         set_norm_eval(model)

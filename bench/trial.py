@@ -376,6 +376,11 @@ def _defend(tcfg: dict, store: Store, progress: Progress) -> dict:
         result["templates"] = {
             name: load_dataset(name).templates for name in [acfg["dataset"], *acfg["control_datasets"]]
         }
+    # Departures from each method's reference (docs/methods.md, last section), for footnotes.
+    result["deviations"] = {
+        "defense": defense.deviations_in(acfg["setting"]),
+        "attack": attack.deviations_in(acfg["setting"]),
+    }
     result["curve"] = to["curve"]
     result["matched"] = to["matched"]
     result["knob"] = (

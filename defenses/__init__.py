@@ -1,3 +1,3 @@
 """Built-in defenses. Importing this package registers every one of them."""
 
-from defenses import anp, cleanclip, detectors, fine_pruning, finetune, none, tbar  # noqa: F401  (imported for registration)
+from defenses import anp, cleanclip, clp, detectors, fine_pruning, finetune, none, par, tbar  # noqa: F401  (imported for registration)

@@ -184,9 +184,26 @@ class Checkpoints:
 class Defense(abc.ABC):
     Params: type
     uses_attack_knowledge: bool = False
+    # Where this implementation departs from its reference (paper and authors' code),
+    # one sentence each; written into every record (record["deviations"]) so tables
+    # can footnote them. docs/methods.md lists them all in one table.
+    deviations: tuple[str, ...] = ()
+    # Published values of parameters (name -> value): a run whose params differ (a
+    # suite scaled to a tiny model, say) records each difference as a deviation.
+    reference: dict[str, Any] = {}  # noqa: RUF012  (read-only class data)
 
     def __init__(self, params: Any):
         self.params = params
+
+    def deviations_in(self, setting: str) -> list[str]:
+        """This run's deviations from the reference: the class's own, plus every
+        parameter set away from its published value."""
+        out = list(self.deviations)
+        for name, ref in self.reference.items():
+            value = getattr(self.params, name, ref)
+            if value != ref:
+                out.append(f"{name} = {value!r} (reference: {ref!r})")
+        return out
 
     @abc.abstractmethod
     def run(self, ctx: DefenseContext) -> DefenseOutput:

@@ -11,17 +11,11 @@ import torch
 from attacks.images import save_png
 from bench.registry import DEFENSES
 from defenses.base import DataMeter, Defense, DefenseContext, DefenseOutput, KnownAttack
-from defenses.inversion import InversionParams, InvertedTrigger, decree, neural_cleanse
+from defenses.inversion import DecreeParams, InversionParams, InvertedTrigger, decree, neural_cleanse
 from defenses.tbar import Tbar, TbarParams
 
 
-@dataclass(frozen=True)
-class DecreeParams(InversionParams):
-    steps: int = 300
-    l1_weight: float = 1.0  # weight of the mask's mean (per-pixel share) in the loss
-
-
-def invert(ctx: DefenseContext, method: str, p: InversionParams, meter: DataMeter) -> InvertedTrigger:
+def invert(ctx: DefenseContext, method: str, p: InversionParams | DecreeParams, meter: DataMeter) -> InvertedTrigger:
     """Reverse-engineer a trigger on the defender's clean data (never the attack's)."""
     clean, idx = ctx.clean_subset(p.data_fraction)
     meter.clean.update(idx.tolist())
@@ -36,8 +30,7 @@ def invert(ctx: DefenseContext, method: str, p: InversionParams, meter: DataMete
     if not hasattr(clf, "features"):
         raise ValueError("decree needs an encoder (a CLIP setting); use neural-cleanse for classifiers")
     ctx.progress("decree: inverting the trigger")
-    l1_weight = getattr(p, "l1_weight", DecreeParams.l1_weight)
-    return decree(clf.features, clf, list(ctx.model.parameters()), x, p, gen, l1_weight)
+    return decree(clf.features, clf, list(ctx.model.parameters()), x, p, gen)
 
 
 def save_inverted(ctx: DefenseContext, inv: InvertedTrigger) -> list[str]:
@@ -78,14 +71,18 @@ class NeuralCleanse(Detector):
 class Decree(Detector):
     Params = DecreeParams
     method = "decree"
+    deviations = (
+        "a fixed budget of optimiser steps (default 300) instead of up to 1000 epochs with early stopping",
+        "the target class is the zero-shot head's most frequent prediction on triggered images (DECREE detects; it "
+        "names no target)",
+    )
 
 
 @dataclass(frozen=True)
 class TbarInvertedParams(TbarParams):
     inverter: Literal["auto", "decree", "neural-cleanse"] = "auto"  # auto: decree for CLIP, neural-cleanse otherwise
     inversion_steps: int = 300
-    inversion_lr: float = 0.1
-    decree_l1_weight: float = 1.0
+    inversion_lr: float | None = None  # None: the inverter's own (neural-cleanse 0.1, decree 0.5)
 
 
 @DEFENSES.register(
@@ -103,9 +100,9 @@ class TbarInverted(Tbar):
             p.inverter if p.inverter != "auto" else ("decree" if ctx.setting.model_kind == "clip" else "neural-cleanse")
         )
         meter = DataMeter()
-        inv_params = DecreeParams(
-            steps=p.inversion_steps, lr=p.inversion_lr, data_fraction=p.data_fraction, l1_weight=p.decree_l1_weight
-        )
+        cls = DecreeParams if method == "decree" else InversionParams
+        lr = {"lr": p.inversion_lr} if p.inversion_lr is not None else {}
+        inv_params = cls(steps=p.inversion_steps, data_fraction=p.data_fraction, **lr)
         inv = invert(ctx, method, inv_params, meter)
         target = inv.target
         known = KnownAttack(apply=inv.apply, targets=lambda y: torch.full_like(y, target))

@@ -75,7 +75,7 @@ def eda(sentence: str, rng: np.random.Generator, alpha: float = 0.1) -> str:
     text = sentence.strip()
     end = text[-1] if text and text[-1] in ".!?" else ""
     words = text.rstrip(".!?").lower().split()
-    n = max(1, round(alpha * len(words)))
+    n = max(1, int(alpha * len(words)))  # the reference's count: max(1, int(alpha * words))
     op = int(rng.integers(4))
     if op == 0:
         words = _replace(words, n, rng)

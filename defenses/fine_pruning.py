@@ -1,7 +1,9 @@
 """Fine-pruning (Liu et al. 2018), on clean data only.
 
-1. Rank the units of the last block (CNN: last stage's output channels; ViT: the
-   last block's MLP hidden units) by mean activation on the defender's clean data.
+1. Rank the units of the last block (CNN: last stage's output channels, averaged
+   over positions; ViT: the last block's MLP hidden units at the tokens the tower
+   pools, i.e. the class token under open_clip's default token pooling) by mean
+   activation on the defender's clean data.
 2. Mask the least active `step_fraction` (1%) more at a time, measuring clean
    validation accuracy after each step, until it falls below
    (1 - max_drop) * CA(backdoored) (max_drop 10%, relative); keep the last mask
@@ -25,7 +27,7 @@ from bench.registry import DEFENSES
 from bench.tradeoff import IDENTITY, KnobSpec
 from bench.train import TrainSpec, train
 from defenses.base import DataMeter, Defense, DefenseContext, DefenseOutput, TrainingSet
-from defenses.units import UnitMask, unit_activations, unit_layer
+from defenses.units import UnitMask, token_pool, unit_activations, unit_layer
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,7 @@ class FinePruning(Defense):
         layer = unit_layer(model)
         clf = ctx.classify(model)
         ctx.progress("fine-pruning: ranking units")
-        acts = unit_activations(clf, layer, clean.x)
+        acts = unit_activations(clf, layer, clean.x, tokens=token_pool(model))
         order = torch.argsort(acts)  # least active first
         mask = UnitMask(layer, len(acts))
         x_val = ctx.val.x

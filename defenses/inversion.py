@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -132,63 +133,118 @@ def neural_cleanse(
     return InvertedTrigger(mask, pattern, target, info)
 
 
+@dataclass(frozen=True)
+class DecreeParams:
+    """DECREE's settings (reference: the public GiantSeaweed/DECREE repository, main.py and
+    run_decree.py); `steps` is this harness's budget of optimiser steps."""
+
+    steps: int = 300
+    lr: float = 0.5  # run_decree.py; main.py drops it to 0.1, then 0.05, after `lr_epochs`
+    batch_size: int = 32
+    init_cost: float = 1e-3  # lambda, the weight of the mask's L1 norm
+    cost_multiplier: float = 5.0  # adaptor_lambda
+    patience: int = 5
+    sim_threshold: float = 0.99  # --thres: mean pairwise cosine of a successful trigger
+    lambda_min: float | None = None  # None: 1e-5 for images of side <= 96 (CIFAR/STL encoders), else 1e-7 (CLIP)
+    mask_init: Literal["rand", "small"] = "rand"  # rand: mask and pattern uniform in (0, 1), as the reference
+    data_fraction: float = 0.02  # share of train the defender spends on inversion
+
+
+def _tanh01(w: torch.Tensor) -> torch.Tensor:
+    """DECREE's bounded parametrisation: tanh(w) / (2 - eps) + 0.5, in (0, 1)."""
+    return (torch.tanh(w) / (2 - EPS) + 0.5).clamp(0, 1)
+
+
+def _atanh01(v: torch.Tensor) -> torch.Tensor:
+    return torch.atanh((v - 0.5) * (2 - EPS))
+
+
+EPS = 1e-7
+
+
+def mean_pairwise_cosine(emb: torch.Tensor) -> torch.Tensor:
+    """Mean cosine similarity over the distinct pairs of a batch (the reference's
+    compute_self_cos_sim: the off-diagonal mean)."""
+    e = F.normalize(emb, dim=-1)
+    sim = e @ e.T
+    n = len(e)
+    return (sim.sum() - sim.diagonal().sum()) / (n * (n - 1))
+
+
 def decree(
     encode: Callable[[torch.Tensor], torch.Tensor],
     classify: Callable[[torch.Tensor], torch.Tensor],
     params_of_model,
     x: torch.Tensor,
-    p: InversionParams,
+    p: DecreeParams,
     gen: torch.Generator,
-    l1_weight: float,
-    sim_threshold: float = 0.9,
 ) -> InvertedTrigger:
-    """One mask/pattern making triggered embeddings collapse together (DECREE).
+    """DECREE (Feng et al. 2023), as its main.py runs it: a mask m (H x W, shared by the
+    channels) and a pattern p (C x H x W), both tanh-parametrised in (0, 1) and
+    initialised uniformly at random; x' = clip((1 - m) x + m p); loss =
+    -mean pairwise cosine of encode(x') + lambda * |m|_1 (summed over H x W x C). lambda
+    starts at 1e-3; after more than `patience` consecutive steps with the cosine above
+    `sim_threshold` it is multiplied by 5, after more than `patience` below it divided by
+    5 (while >= lambda_min), and reset to 1e-3 when it has fallen under lambda_min yet the
+    trigger keeps succeeding (more than 2 x patience steps). The smallest mask that
+    succeeded is kept. Adam (betas 0.5, 0.9), batches of the defender's clean images in
+    shuffled epochs, lr dropped to 0.1 and 0.05 after the reference's epoch marks.
+    The target is the class the zero-shot head assigns most often to triggered images."""
+    from bench.train import index_batches
 
-    The L1 weight follows DECREE's schedule: it grows while the triggered embeddings
-    are collapsed (mean pairwise cosine >= sim_threshold) and shrinks while they are
-    not; the smallest mask that reached the threshold is kept."""
     _, c, h, w = x.shape
     params_of_model = list(params_of_model)
     dev = params_of_model[0].device if params_of_model else torch.device("cpu")
-    mask_logit = torch.full((h, w), -2.0, device=dev).requires_grad_(True)
-    pattern_logit = torch.zeros(c, h, w, device=dev).requires_grad_(True)
-    opt = torch.optim.Adam([mask_logit, pattern_logit], lr=p.lr, betas=(0.5, 0.9))
-    cost, up, down = l1_weight, 0, 0
+    if p.mask_init == "rand":
+        mask0, pattern0 = torch.rand(h, w, generator=gen), torch.rand(c, h, w, generator=gen)
+    else:  # "small": a faint uniform mask and a grey pattern
+        mask0, pattern0 = torch.full((h, w), 0.12), torch.full((c, h, w), 0.5)
+    mask_w = _atanh01(mask0).to(dev).requires_grad_(True)
+    pattern_w = _atanh01(pattern0).to(dev).requires_grad_(True)
+    opt = torch.optim.Adam([mask_w, pattern_w], lr=p.lr, betas=(0.5, 0.9))
+    small = max(h, w) <= 96
+    lambda_min = p.lambda_min if p.lambda_min is not None else (1e-5 if small else 1e-7)
+    lr_epochs = (30, 50) if small else (200, 500)
+    cost, up, down, reset = p.init_cost, 0, 0, 0
     best: tuple[torch.Tensor, torch.Tensor, float] | None = None
+    batches = index_batches(len(x), p.batch_size, gen)
     with frozen(params_of_model):
-        for _ in range(p.steps):
-            idx = torch.randint(len(x), (p.batch_size,), generator=gen)
-            mask, pattern = torch.sigmoid(mask_logit), torch.sigmoid(pattern_logit)
-            emb = F.normalize(encode((1 - mask) * runtime.to_device(x[idx], dev) + mask * pattern), dim=-1)
-            sim = emb @ emb.T
-            n = len(emb)
-            mean_pairwise = (sim.sum() - sim.diagonal().sum()) / (n * (n - 1))
-            l1 = mask.mean()  # per-pixel share, so the weight is size-free
-            loss = -mean_pairwise + cost * l1
-            collapsed = float(mean_pairwise.detach()) >= sim_threshold
-            if collapsed and (best is None or float(l1.detach()) < best[2]):
-                best = (mask.detach().clone(), pattern.detach().clone(), float(l1.detach()))
+        for step in range(p.steps):
+            epoch = step * p.batch_size / len(x)
+            for group in opt.param_groups:
+                group["lr"] = p.lr if epoch < lr_epochs[0] else (0.1 if epoch < lr_epochs[1] else 0.05)
+            idx = next(batches)
+            mask, pattern = _tanh01(mask_w), _tanh01(pattern_w)
+            triggered = ((1 - mask) * runtime.to_device(x[idx], dev) + mask * pattern).clamp(0, 1)
+            cos = mean_pairwise_cosine(encode(triggered))
+            l1 = c * mask.sum()
+            loss = -cos + cost * l1
             opt.zero_grad()
             loss.backward()
             opt.step()
-            up, down = (up + 1, 0) if collapsed else (0, down + 1)
-            if up >= p.patience:
-                cost, up = cost * p.cost_multiplier, 0
-            elif down >= p.patience:
-                cost, down = cost / p.cost_multiplier**1.5, 0
+            succeeded = float(cos.detach()) > p.sim_threshold
+            if succeeded and (best is None or float(l1.detach()) < best[2]):
+                best = (mask.detach().clone(), pattern.detach().clone(), float(l1.detach()))
+            # the reference's lambda schedule
+            if cost < lambda_min and succeeded:
+                reset += 1
+                if reset > 2 * p.patience:
+                    cost, up, down = p.init_cost, 0, 0
+            else:
+                reset = 0
+            up, down = (up + 1, 0) if succeeded else (0, down + 1)
+            if up > p.patience:
+                cost, up = (cost * p.cost_multiplier if cost < 1e5 else cost), 0
+            elif down > p.patience:
+                cost, down = (cost / p.cost_multiplier if cost >= lambda_min else cost), 0
     reached = best is not None
-    if best is None:  # never collapsed: the final mask stands, flagged in the info
-        best = (torch.sigmoid(mask_logit).detach(), torch.sigmoid(pattern_logit).detach(), float("nan"))
+    if best is None:  # never succeeded: the final mask stands, flagged in the info
+        best = (_tanh01(mask_w).detach(), _tanh01(pattern_w).detach(), float("nan"))
     mask, pattern = best[0].cpu(), best[1].cpu()
     with torch.no_grad():
-        triggered = (1 - mask) * x + mask * pattern
-        emb = F.normalize(
-            torch.cat([encode(runtime.to_device(triggered[i : i + 256], dev)).cpu() for i in range(0, len(x), 256)]),
-            dim=-1,
-        )
-        sim = emb @ emb.T
-        n = len(emb)
-        pairwise = float((sim.sum() - sim.diagonal().sum()) / (n * (n - 1)))
+        triggered = ((1 - mask) * x + mask * pattern).clamp(0, 1)
+        emb = torch.cat([encode(runtime.to_device(triggered[i : i + 256], dev)).cpu() for i in range(0, len(x), 256)])
+        pairwise = float(mean_pairwise_cosine(emb))
         votes = torch.bincount(predict(classify, triggered))
     target = int(votes.argmax())
     info = {
@@ -196,6 +252,7 @@ def decree(
         "mask_l1_share": float(mask.mean()),
         "mean_pairwise_cosine": pairwise,
         "reached_threshold": reached,
+        "final_lambda": cost,
         "target_vote_share": float(votes.max() / votes.sum()),
     }
     return InvertedTrigger(mask, pattern, target, info)

@@ -121,6 +121,16 @@ class Tbar(Defense):
     Params = TbarParams
     uses_attack_knowledge = True
 
+    def deviations_in(self, setting: str) -> list[str]:
+        out = super().deviations_in(setting)
+        if setting == "contrastive":
+            out.append(
+                "contrastive: the trigger fine-tune uses cross-entropy over the victim's zero-shot head (the CLIP "
+                "loss's image-to-text term against one caption set per class) instead of the in-batch CLIP loss, "
+                "whose gradient towards the target cancels when every caption names it"
+            )
+        return out
+
     def run(self, ctx: DefenseContext) -> DefenseOutput:
         p: TbarParams = self.params
         model = ctx.model

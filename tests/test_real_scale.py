@@ -192,3 +192,46 @@ def test_the_paper_code_path_runs_on_test_made_files_with_a_tiny_stand_in(tmp_pa
     recs = [json.loads(p.read_text()) for p in (tmp_path / "res" / "records").glob("*.json")]
     assert {rec["config"]["defense"] for rec in recs} == {"none", "tbar", "finetune"}
     assert all(rec["status"] == "ok" and "sun397" in rec["metrics"]["control"] for rec in recs)
+
+
+def make_fake_gtsrb(root: Path, classes: int = 3, tracks: int = 4, frames: int = 5, n_test: int = 6) -> None:
+    """torchvision's GTSRB layout: Training/<class>/<track>_<frame>.ppm, Final_Test/Images and
+    GT-final_test.csv. Every frame of a track is one flat colour naming (class, track)."""
+    base = root / "gtsrb"
+    for c in range(classes):
+        d = base / "GTSRB" / "Training" / f"{c:05d}"
+        d.mkdir(parents=True)
+        for t in range(tracks):
+            for f in range(frames):
+                img = np.zeros((30, 34, 3), np.uint8)
+                img[..., 0], img[..., 1], img[..., 2] = 40 * c, 40 * t, 10 * f
+                Image.fromarray(img).save(d / f"{t:05d}_{f:05d}.ppm")
+    test = base / "GTSRB" / "Final_Test" / "Images"
+    test.mkdir(parents=True)
+    rows = ["Filename;Width;Height;Roi.X1;Roi.Y1;Roi.X2;Roi.Y2;ClassId"]
+    for i in range(n_test):
+        Image.fromarray(np.full((30, 30, 3), 200, np.uint8)).save(test / f"{i:05d}.ppm")
+        rows.append(f"{i:05d}.ppm;30;30;0;0;29;29;{i % classes}")
+    (base / "GT-final_test.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_gtsrb_validation_holds_out_whole_tracks(data_root):
+    make_fake_gtsrb(data_root)
+    ds = load_real(_spec("gtsrb"))
+    assert len(ds.train) + len(ds.val) == 60 and len(ds.test) == 6 and ds.num_classes == 43
+    # 10% of 60 frames is 6: whole tracks of 5 frames go to validation until >= 6, so two tracks
+    assert len(ds.val) == 10
+
+    def tracks(split):
+        px = split.images[:, :2, 5, 5]  # (class, track) colour of each frame
+        return {tuple(v.tolist()) for v in px}
+
+    assert tracks(ds.train).isdisjoint(tracks(ds.val))
+    assert len(tracks(ds.val)) == 2 and len(tracks(ds.train)) == 10
+
+
+def test_gtsrb_track_ids_come_from_file_names():
+    from bench.data.real import gtsrb_tracks
+
+    ids = gtsrb_tracks(["/r/00003/00012_00029.ppm", "/r/00003/00012_00000.ppm", "/r/00004/00012_00000.ppm", "/r/x.ppm"])
+    assert ids.tolist() == ["00003/00012", "00003/00012", "00004/00012", "/r/x.ppm"]

@@ -8,7 +8,10 @@ can fetch, where the machine has internet.
 
 Splits: the train split of the source is divided into the harness's train and
 validation splits (a seeded 10%, at most 5000 images, for validation); the source's
-test split is the test split. SUN397 has no official split here: a seeded 70/10/20.
+test split is the test split. GTSRB's training set is made of tracks, ~30 frames of
+one physical sign each (file names <track>_<frame>.ppm in each class folder): its
+validation split holds out whole tracks (seeded, until 10% of the frames), so no
+near-duplicate frame of a validation sign is in train. SUN397 has no official split here: a seeded 70/10/20.
 ImageNet (used as a control dataset) is read from its `val` folder as the test split
 and from `train` for train/val, each capped (`MAX_IMAGES`), at 224 px: holding all of
 ImageNet as tensors is not the point of a control task.
@@ -98,13 +101,33 @@ def _hwc_to_chw(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a.transpose(0, 3, 1, 2))
 
 
-def _carve_val(x: np.ndarray, y: np.ndarray, seed: int = 0) -> dict[str, np.ndarray]:
-    """The source's train split -> (train, val): a seeded 10% (<= 5000) for validation."""
+def _carve_val(x: np.ndarray, y: np.ndarray, seed: int = 0, groups: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The source's train split -> (train, val): a seeded 10% (<= 5000) for validation.
+    With `groups` (one id per image), whole groups go to validation, in a seeded order,
+    until it holds at least that many images."""
     rng = np.random.default_rng(seed)
-    perm = rng.permutation(len(y))
     n_val = min(5000, max(1, len(y) // 10))
-    val, train = perm[:n_val], perm[n_val:]
+    if groups is None:
+        perm = rng.permutation(len(y))
+        val, train = perm[:n_val], perm[n_val:]
+    else:
+        ids, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+        order = rng.permutation(len(ids))
+        taken = order[: int(np.searchsorted(np.cumsum(counts[order]), n_val)) + 1]
+        in_val = np.isin(inverse, taken)
+        val, train = np.flatnonzero(in_val), np.flatnonzero(~in_val)
     return {"train_x": x[train], "train_y": y[train], "val_x": x[val], "val_y": y[val]}
+
+
+def gtsrb_tracks(paths: list[str]) -> np.ndarray:
+    """GTSRB's track of each training image, "<class folder>/<track>", from its file
+    name <track>_<frame>.ppm (a file named otherwise is its own track)."""
+    out = []
+    for path in paths:
+        p = Path(path)
+        track, sep, _ = p.stem.partition("_")
+        out.append(f"{p.parent.name}/{track}" if sep else str(p))
+    return np.asarray(out)
 
 
 def _resized_uint8(images, n: int, side: int) -> np.ndarray:
@@ -142,7 +165,8 @@ def _torchvision(cls_name: str, side: int | None = None, split_arg: str = "train
                 x = _resized_uint8((ds[i][0] for i in range(len(ds))), len(ds), side or 32)
                 y = np.asarray([ds[i][1] for i in range(len(ds))])
             if train:
-                out.update(_carve_val(x, y.astype(np.int64)))
+                groups = gtsrb_tracks([p for p, _ in ds._samples]) if cls_name == "GTSRB" else None
+                out.update(_carve_val(x, y.astype(np.int64), groups=groups))
             else:
                 out["test_x"], out["test_y"] = x, y.astype(np.int64)
         return out
@@ -378,7 +402,7 @@ def load_real(spec: RealSpec) -> LabeledDataset:
         key["files"] = files
     try:
         arrays = cached_arrays(
-            key,
+            key | ({"val": "tracks"} if spec.name == "gtsrb" else {}),  # a GTSRB cache with random frames is stale
             lambda: spec.loader(root, _allow_download() and spec.downloadable),
         )
     except (OSError, RuntimeError, ValueError, KeyError, IndexError, pickle.UnpicklingError) as e:
