@@ -85,11 +85,13 @@ name: tinyana
 models: [tiny-clip]
 datasets: [shapes]
 settings: [finetune]
-attacks: [badnets]
+attacks: [blended]
 defenses: [none, tbar, finetune]
 control_datasets: [colors]
 model_params: {tiny-clip: {pretrain_steps: 30, pretrain_batch_size: 64}}
-setting_params: {finetune: {steps: 40, lr: 0.001}}
+# blended, 80 steps at lr 2e-3: ASR 0.76 (badnets here: 0.19-0.41, below the 50% that counts as taken,
+# and analyses refuse cells whose attack did not take)
+setting_params: {finetune: {steps: 80, lr: 0.002}}
 defense_params: {tbar: {steps: 5, alpha_points: 4}, finetune: {budget_x: 1, epochs: 1}}
 """
 
@@ -106,13 +108,15 @@ def test_analyze_and_report_run_from_the_store(tmp_path):
         return r
 
     bench("run", "--executor", "serial", "--leaderboards", "lb")
-    bench("analyze", "alpha", "--attacks", "badnets", "--out", "lb/tbar-analysis")
+    bench("analyze", "alpha", "--attacks", "blended", "--out", "lb/tbar-analysis")
     bench("analyze", "disentanglement", "--attacks", "badnets,blended", "--grid", "0,1", "--steps", "5",
           "--out", "lb/tbar-analysis")  # fmt: skip
     bench("report", "tbar", "--out", "lb")
     stored = {p.name: json.loads(p.read_text()) for p in (tmp_path / "res" / "analysis").glob("*.json")}
     alpha = next(v for k, v in stored.items() if k.startswith("alpha-"))
-    assert len(alpha["rows"]) == 4 and alpha["chosen_alpha"] in [r["alpha"] for r in alpha["rows"]]
+    grid = [r["alpha"] for r in alpha["rows"]]
+    # the chosen alpha is refined by bisection between grid points, so it lies within the grid's span
+    assert len(grid) == 4 and min(grid) <= alpha["chosen_alpha"] <= max(grid)
     assert {"val_ca", "val_asr", "test_ca", "test_asr", "control"} <= set(alpha["rows"][0])
     dis = next(v for k, v in stored.items() if k.startswith("disentanglement-"))
     assert dis["xi"]["badnets"][0][0] == 0.0  # xi(0, 0) = 0: both sides are theta_pre

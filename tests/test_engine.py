@@ -66,7 +66,9 @@ def test_grid_writes_complete_records_and_reruns_nothing(tmp_path):
         assert 0 <= r["metrics"]["ca"] <= 1
     tbar = recs[("badnets", "tbar")]
     m = tbar["metrics"]
-    assert len(tbar["curve"]) == 5 and tbar["defense"]["alpha"] in [p["alpha"] for p in tbar["curve"]]
+    knobs = [p["knob"] for p in tbar["curve"]]
+    # the 5 grid values, the identity point, and up to CURVE_REFINE_STEPS bisections
+    assert 5 <= len(knobs) <= 10 and tbar["defense"]["alpha"] in knobs
     assert tbar["cost"]["steps"] == 5 and tbar["cost"]["clean_samples"] == 0
     # D = 2% of 8000 = 160 defender images; those not of the target class get the trigger
     assert 130 <= tbar["cost"]["triggered_samples"] <= 160
@@ -124,7 +126,8 @@ TINY_DEFENSES = {
     "finetune": {"budget_x": 1, "epochs": 1},
     "cleanclip": {"budget_x": 1, "epochs": 1},
     "fine-pruning": {"step_fraction": 0.25, "epochs": 1},
-    "anp": {"iterations": 3},
+    "anp": {"iterations": 3, "batch_size": 16},
+    "par": {"budget_x": 1, "epochs": 1, "batch_size": 32},
     "neural-cleanse": {"steps": 3},
     "decree": {"steps": 3},
 }
@@ -135,13 +138,18 @@ def test_every_defense_runs_in_the_supervised_setting(tmp_path):
     suite = _suite(defense_params=TINY_DEFENSES, setting_params={"supervised": {"steps": 10, "batch_size": 32}})
     plan = plan_grid(suite, Selection(attacks="badnets", defenses="all"))
     ran = {t["defense"] for t in plan.trials}
-    assert ran == {"none", "tbar", "tbar-mix", "tbar-inverted", "finetune", "fine-pruning", "anp", "neural-cleanse"}
+    assert ran == {"none", "tbar", "tbar-mix", "tbar-inverted", "finetune", "fine-pruning", "anp", "clp", "neural-cleanse"}
     summary = run_serial(plan, Store(tmp_path))
     assert summary.failed == [], summary.failed
     recs = {r["config"]["defense"]: r for r in summary.records}
     assert recs["neural-cleanse"]["defense"]["target_correct"] in (True, False)
     assert (tmp_path / "trials" / recs["neural-cleanse"]["trial_id"] / "inverted_mask.png").exists()
     assert 0 <= recs["fine-pruning"]["defense"]["pruned_fraction"] <= 1
+    assert recs["clp"]["cost"]["clean_samples"] == 0 and recs["clp"]["cost"]["steps"] == 0  # data-free
+    assert recs["anp"]["defense"]["neurons"] > 0 and recs["anp"]["curve"][0]["knob"] == "identity"
+    # every record says where its methods depart from their references
+    assert all(set(r["deviations"]) == {"defense", "attack"} for r in summary.records)
+    assert any("iterations = 3" in d for d in recs["anp"]["deviations"]["defense"])
     assert recs["tbar-inverted"]["cost"]["clean_samples"] > 0  # the inversion's clean data is counted
 
 
@@ -164,6 +172,9 @@ def test_every_defense_runs_in_the_clip_settings(tmp_path):
         ("contrastive", "cleanclip"),
         ("contrastive", "tbar"),
         ("finetune", "decree"),
+        ("finetune", "par"),
+        ("contrastive", "par"),
+        ("contrastive", "clp"),
     } <= cells
     summary = run_serial(plan, Store(tmp_path))
     assert summary.failed == [], summary.failed
