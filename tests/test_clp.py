@@ -57,7 +57,7 @@ def test_clp_prunes_channels_above_mean_plus_u_std_and_uses_no_data():
     ctx = types.SimpleNamespace(model=net)
     out = Clp(ClpParams(u=1.5)).run(ctx)
     assert out.extra["pruned"] == 1 and out.meter.as_cost()["clean_samples"] == 0 and out.meter.steps == 0
-    assert float(net.bn.weight[4]) == 0 and float(net.bn.bias[4]) == 0  # weight and bias both zeroed
+    assert float(net.bn.weight[4].detach()) == 0 and float(net.bn.bias[4].detach()) == 0  # weight and bias both zeroed
     assert float(net.bn.weight[0]) == 1 and math.isclose(float(net.bn.bias[0]), 0.3, rel_tol=1e-6)
     # the knob: larger u prunes less; the identity is the smallest u pruning nothing
     assert out.knob.identity == out.knob.values[0] and out.knob.continuous and out.knob.chosen == 1.5
