@@ -265,6 +265,11 @@ def answer(board: Board) -> dict:
     return {"cols": [f"{a} / {s}" for a, s in cols], "rows": rows}
 
 
+def _num(v: float, fmt: str) -> str:
+    """A plain number, or n/a where no row contributed one (a NaN mean)."""
+    return "n/a" if _nan(v) else format(v, fmt)
+
+
 def summary_rows(board: Board) -> list[dict]:
     out = []
     for r in board.summary.itertuples():
@@ -277,8 +282,8 @@ def summary_rows(board: Board) -> list[dict]:
                     f"{r.k}/{r.n}", pct(r.none_asr, r.none_asr_ci), pct(r.asr_r95, r.asr_r95_ci),
                     pct(r.asr_r90, r.asr_r90_ci), pct(r.auc_90, r.auc_90_ci), pct(r.asr, r.asr_ci),
                     pct(r.ca_retention, r.ca_retention_ci), pct(r.control_retention, r.control_retention_ci),
-                    "n/a" if _nan(r.der) else f"{r.der:.3f}", f"{r.wall_s:.1f}", f"{r.clean_samples:.0f}",
-                    f"{r.triggered_samples:.0f}",
+                    _num(r.der, ".3f"), _num(r.wall_s, ".1f"), _num(r.clean_samples, ".0f"),
+                    _num(r.triggered_samples, ".0f"),
                 ],
             }
         )  # fmt: skip
