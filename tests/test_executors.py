@@ -72,6 +72,12 @@ def test_sigkill_then_rerun_computes_only_the_missing_trials(tmp_path, executor)
     proc.wait()
     if executor == "ray":  # Tune's folder of the killed run: no `finally` ran to remove it
         assert len(list((tmp_path / "res" / "_tune").iterdir())) == 1
+    # A Ray worker notices its raylet's death only at its next poll: one that was renaming
+    # a finished record may complete it just after the kill (seen under load). Wait until
+    # the folder is still, so `before` is what the rerun will find.
+    names, still_by = None, time.time() + 30
+    while names != (names := sorted(p.name for p in records.glob("*.json"))) and time.time() < still_by:
+        time.sleep(3)
     before = _records(tmp_path / "res")
     assert 2 <= len(before) < 5
     torn_name = sorted(before)[0]
