@@ -2,6 +2,7 @@
 header is clicked, and nothing is wider than a 1280 px window. Skipped, with the reason,
 where chromium, chromedriver or selenium is absent."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -20,13 +21,8 @@ def _column(drv, table_id: str, col: int) -> list[float | None]:
         table_id,
         col,
     )
-    out = []
-    for c in cells:
-        try:
-            out.append(float(c))
-        except (TypeError, ValueError):
-            out.append(None)  # n/a: sorted last either way
-    return out
+    # the leading number, as the page's parseFloat reads "20.3 ± 15.3"; n/a sorts last either way
+    return [float(m.group()) if (m := re.match(r"\s*-?\d+(\.\d+)?", c or "")) else None for c in cells]
 
 
 @pytest.fixture
