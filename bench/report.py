@@ -18,6 +18,11 @@ CLAIM_RETENTION = 0.96
 CLAIM_DATA_SHARE = 0.02
 
 
+def _alpha(a) -> str:
+    """A chosen alpha as the page shows it (bisection leaves float noise in the last digits)."""
+    return "n/a" if a is None else f"{a:.3g}"
+
+
 def _pct(v: float | None, digits: int = 1) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.{digits}f}%"
 
@@ -104,7 +109,7 @@ def write_tbar_report(store: Store, suite: str, out_dir: Path) -> Path:
         c, m = r["config"], r["metrics"]
         lines.append(
             f"| {c['setting']} | {c['attack']} | {_pct(m['backdoored']['ca'])} -> {_pct(m['ca'])} | "
-            f"{_pct(m['backdoored']['asr'])} -> {_pct(m['asr'])} | {(r.get('defense') or {}).get('alpha')} | "
+            f"{_pct(m['backdoored']['asr'])} -> {_pct(m['asr'])} | {_alpha((r.get('defense') or {}).get('alpha'))} | "
             f"{_pct(m['ca_retention'])} | {_pct(m['asr_removal'])} |"
         )
     lines += ["", "## Data and time (efficiency)", "",
