@@ -476,7 +476,9 @@ def _analyze_budget(args, store, suite, out: Path, start: float) -> int:
     plan = plan_grid(suite, Selection(attacks=args.attacks, defenses="none", settings=args.settings, seeds=str(args.seed)))
     cells = [a for a in plan.artifacts if a["attack"] != "none"]
     result = analysis.run_budget(store, cells, budgets, progress=lambda m: console.print(m, highlight=False))
-    stem = f"attack-budget-{suite.name}-s{args.seed}"
+    # one file per (suite, settings, seed), so the settings can run as separate processes
+    settings = "+".join(sorted({c["setting"] for c in cells}))
+    stem = f"attack-budget-{suite.name}-{settings}-s{args.seed}"
     analysis.save(result, store, stem)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(result["rows"][0]))

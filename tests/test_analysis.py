@@ -62,6 +62,19 @@ def test_cosine_matrix_has_a_unit_diagonal_and_is_symmetric():
             assert -1.0 - 1e-9 <= mat[i][j] <= 1.0 + 1e-9
 
 
+def test_budget_configs_scale_only_the_training_length():
+    from bench.trial import artifact_id
+
+    base = {"attack": "wanet", "seed": 0, "setting": "finetune", "setting_params": {"epochs": 12, "lr": 3e-4}}
+    out = dict(analysis.budget_configs(base, [0.25, 1, 2]))
+    assert [c["setting_params"]["epochs"] for c in out.values()] == [3.0, 12, 24]
+    assert out[1] == base and artifact_id(out[1]) == artifact_id(base)  # 1x is the suite's own artifact
+    assert all(c["setting_params"]["lr"] == 3e-4 for c in out.values())
+    assert base["setting_params"]["epochs"] == 12  # the base config is not mutated
+    steps = dict(analysis.budget_configs({"setting_params": {"steps": 900, "epochs": 0}}, [0.5, 2]))
+    assert [c["setting_params"]["steps"] for c in steps.values()] == [450, 1800]
+
+
 def test_efficiency_rows_use_only_cells_whose_attack_worked():
     def rec(attack, defense, bd_asr, clean, trig):
         return {"status": "ok", "config": {"attack": attack, "defense": defense},
@@ -124,3 +137,38 @@ def test_analyze_and_report_run_from_the_store(tmp_path):
     report = (tmp_path / "lb" / "tbar-report.md").read_text()
     assert "The paper's claims, point by point" in report and "tbar-analysis/alpha-" in report
     assert list((tmp_path / "lb" / "tbar-analysis").glob("*.png"))
+
+
+def _rung(model, params, defense, asr95, ci, bd=0.9):
+    return {"model": model, "defense": defense, "rows": 3, "visual_params": params, "asr_r95": asr95,
+            "asr_r95_ci": ci, "asr_r90": asr95, "asr_r90_ci": ci, "ca_retention": 0.96, "ca_retention_ci": 0.01,
+            "control_retention": 0.9, "control_retention_ci": 0.05, "bd_asr": bd, "bd_asr_ci": 0.02}  # fmt: skip
+
+
+def test_report_scale_section_states_the_trend_and_the_noise():
+    from bench.report import scale_section
+
+    falling = {"rows": [_rung("s", 1e5, "tbar", 0.60, 0.05), _rung("m", 1e6, "tbar", 0.30, 0.05),
+                        _rung("l", 5e6, "tbar", 0.02, 0.01)],
+               "xi": [{"model": "l", "variant": "triggered", "xi_11": 0.4, "xi_11_ci": 0.1, "n": 3}]}  # fmt: skip
+    text = "\n".join(scale_section(falling))
+    assert "falls at every step" in text and "do not overlap" in text and "supports the premise" in text
+    assert "97.8%: holds" in text  # removal at 95% for the largest rung: 1 - 0.02 / 0.9
+    assert "66.7%: does not hold" in text and "0.40 ± 0.10" in text
+    noisy = {"rows": [_rung("s", 1e5, "tbar", 0.50, 0.30), _rung("l", 5e6, "tbar", 0.40, 0.30)], "xi": []}
+    text = "\n".join(scale_section(noisy))
+    assert "CIs overlap" in text and "does not support" in text
+    assert "_none stored" in "\n".join(scale_section(None))
+
+
+def test_report_disentanglement_over_seeds_separates_bias_from_trigger():
+    from bench.report import disentanglement_over_seeds
+
+    def one(seed, bias):
+        return {"model": "tiny-clip", "seed": seed, "xi": {"blended/mix": [[0.0, 0.2], [0.1, 0.3]]},
+                "target_bias": {"blended/mix": [[0.0, bias], [0.0, 0.1]]},
+                "trigger_effect": {"blended/mix": [[0.0, 0.9], [0.0, 0.9]]}}  # fmt: skip
+
+    text = "\n".join(disentanglement_over_seeds([one(0, 0.04), one(1, 0.06)]))
+    assert "| tiny-clip | blended/mix | 2 | 0.30 ± 0.00 |" in text
+    assert "5.0 ± 12.7 | 90.0 ± 0.0 |" in text  # mean of 4% and 6%; t(0.975, 1) * 1.41 / sqrt(2)
