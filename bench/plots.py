@@ -168,7 +168,7 @@ def disentanglement(result: dict) -> bytes:
             ("trigger_effect", "trigger effect (ASR)", 0, 1, "viridis")]  # fmt: skip
     maps = [m for m in maps if m[0] in result]
     rows, cols = len(keys) + 1, len(maps)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.0 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.9 * cols, 3.0 * rows), squeeze=False)
     grid = result["grid"]
     ticks = [f"{g:g}" for g in grid]
     for i, key in enumerate(keys):

@@ -4,6 +4,7 @@ command on the same store gives the same text."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -74,6 +75,7 @@ def write_tbar_report(store: Store, suite: str, out_dir: Path) -> Path:
     analyses = [json.loads(p.read_text()) for p in sorted((store.local_root() / "analysis").glob("*.json"))]
     alpha_runs = [a for a in analyses if a.get("kind") == "alpha" and a["config"].get("suite") == suite]
     dis = [a for a in analyses if a.get("kind") == "disentanglement"]
+    ladder = [a for a in analyses if a.get("kind") == "scale"]
 
     def verdict(ok: bool) -> str:
         return "**holds**" if ok else "**does not hold at this scale**"
@@ -164,7 +166,7 @@ def write_tbar_report(store: Store, suite: str, out_dir: Path) -> Path:
             "",
             "xi: 0 = disentangled, 2 = fully entangled. Target bias: clean non-target images that "
             "theta_pre + tau_t sends to the target; trigger effect: triggered images it sends there. "
-            "A vector with target bias near its trigger effect learned \"predict t\", not the trigger.",
+            'A vector with target bias near its trigger effect learned "predict t", not the trigger.',
             "",
         ]
         names, mat = d["cosine"]["names"], d["cosine"]["matrix"]
@@ -173,6 +175,105 @@ def write_tbar_report(store: Store, suite: str, out_dir: Path) -> Path:
                 if j > i:
                     lines.append(f"- cosine({a}, {b}) = {mat[i][j]:.3f}")
         lines += ["", f"Task vectors: {d['steps']} steps at lr {d['lr']} from theta_pre ({d['model']}).", ""]
+    if len(dis) > 1:
+        lines += disentanglement_over_seeds(dis)
+    lines += scale_section(ladder[-1] if ladder else None)
     path = Path(out_dir) / "tbar-report.md"
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
     return path
+
+
+def _ci(mean: float | None, half: float | None) -> str:
+    if mean is None or not analysis.finite(mean):
+        return "n/a"
+    return f"{100 * mean:.1f}" + (f" ± {100 * half:.1f}" if half is not None and analysis.finite(half) else "")
+
+
+def disentanglement_over_seeds(dis: list[dict]) -> list[str]:
+    """Per (model, vector): xi(1, 1), target bias and trigger effect of theta_pre + tau_t,
+    mean ± 95% CI over the stored seeds (each seed fine-tunes its own vectors)."""
+    from bench import stats
+
+    groups: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for d in dis:
+        for name, heat in d["xi"].items():
+            g = groups.setdefault((d["model"], name), {"xi": [], "bias": [], "effect": [], "seeds": []})
+            g["xi"].append(heat[-1][-1])
+            g["bias"].append(((d.get("target_bias") or {}).get(name) or [[float("nan")]])[0][-1])
+            g["effect"].append(((d.get("trigger_effect") or {}).get(name) or [[float("nan")]])[0][-1])
+            g["seeds"].append(d["seed"])
+    lines = ["### Over seeds", "",
+             "| model | vector | seeds | xi(1, 1) | target bias at (0, 1), % | trigger effect at (0, 1), % |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for (model, name), g in sorted(groups.items()):
+        xi, bias, eff = (stats.mean_ci(g[k]) for k in ("xi", "bias", "effect"))
+        xi_text = f"{xi.mean:.2f}" + (f" ± {xi.half:.2f}" if analysis.finite(xi.half) else "")
+        lines.append(f"| {model} | {name} | {len(g['seeds'])} | {xi_text} | {_ci(bias.mean, bias.half)} | "
+                     f"{_ci(eff.mean, eff.half)} |")  # fmt: skip
+    lines += ["", "Mean ± 95% CI over seeds. A trigger-specific vector has a trigger effect well above its "
+              "target bias; a vector whose two effects match learned \"predict t\".", ""]  # fmt: skip
+    return lines
+
+
+def _overlap(a: dict, b: dict, key: str) -> bool | None:
+    ma, mb, ha, hb = a.get(key), b.get(key), a.get(f"{key}_ci"), b.get(f"{key}_ci")
+    if not all(v is not None and analysis.finite(v) for v in (ma, mb, ha, hb)):
+        return None
+    return abs(ma - mb) <= ha + hb
+
+
+def scale_section(result: dict | None) -> list[str]:
+    """The capacity ladder: per rung, TBAR's numbers at matched retention and whether the
+    paper's removal and retention claims hold there; then the trend with size."""
+    lines = ["## Does the premise need scale? The capacity ladder", ""]
+    if not result or not result.get("rows"):
+        return [*lines, "_none stored: run `bench run --suite scale` then `bench analyze scale --suite scale`_", ""]
+    rows = [r for r in result["rows"] if r.get("visual_params")]
+    xi = {(x["model"], x["variant"]): x for x in result.get("xi", [])}
+    lines += ["![scale](tbar-analysis/scale-scale.png)", "",
+              "| rung | image-tower params | defense | rows took | backdoored ASR | ASR@95 | ASR@90 | CA retention (own rule) "
+              "| control retention | target bias of theta_pre + tau | xi(1, 1) | removal at 95% (>= 95%?) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        removal = 1 - r["asr_r95"] / r["bd_asr"] if r.get("bd_asr") else float("nan")
+        variant = {"tbar": "triggered", "tbar-mix": "mix"}.get(r["defense"])
+        x = xi.get((r["model"], variant)) if variant else None
+        xi_text = (
+            f"{x['xi_11']:.2f} ± {x['xi_11_ci']:.2f}"
+            if x and analysis.finite(x.get("xi_11_ci"))
+            else (f"{x['xi_11']:.2f}" if x else "")
+        )
+        verdict = (
+            ("holds" if removal >= CLAIM_REMOVAL - 0.04 else "does not hold") if analysis.finite(removal) else "n/a"
+        )
+        lines.append(
+            f"| {r['model']} | {r['visual_params'] / 1e6:.2f}M | {r['defense']} | {r['rows']} | "
+            f"{_ci(r['bd_asr'], r.get('bd_asr_ci'))} | {_ci(r['asr_r95'], r.get('asr_r95_ci'))} | "
+            f"{_ci(r['asr_r90'], r.get('asr_r90_ci'))} | {_ci(r['ca_retention'], r.get('ca_retention_ci'))} | "
+            f"{_ci(r['control_retention'], r.get('control_retention_ci'))} | "
+            f"{_ci(r.get('pre_plus_tau_target_bias'), r.get('pre_plus_tau_target_bias_ci'))} | {xi_text} | "
+            f"{_pct(removal)}: {verdict} |"
+        )
+    lines += ["", "Numbers in %, mean ± 95% CI over the (attack, seed) rows whose attack took; removal at 95% = "
+              "1 - ASR@95 / backdoored ASR (of the means).", ""]  # fmt: skip
+    for defense in ("tbar", "tbar-mix"):
+        ladder = sorted((r for r in rows if r["defense"] == defense), key=lambda r: r["visual_params"])
+        if len(ladder) < 2:
+            continue
+        lo, hi = ladder[0], ladder[-1]
+        vals = ", ".join(f"{r['model']} {_ci(r['asr_r95'], r.get('asr_r95_ci'))}" for r in ladder)
+        falls = [b["asr_r95"] < a["asr_r95"] for a, b in itertools.pairwise(ladder)]
+        overlap = _overlap(lo, hi, "asr_r95")
+        if overlap is None:
+            noise = "one of the two has no interval (fewer than 2 rows), so the trend is not tested"
+        elif overlap:
+            noise = "their CIs overlap: no difference beyond the noise between the smallest and the largest rung"
+        else:
+            noise = "their CIs do not overlap: a difference beyond the noise"
+        trend = (
+            "falls at every step" if all(falls) else ("rises at every step" if not any(falls) else "is not monotone")
+        )
+        supports = "supports" if all(falls) and overlap is False else "does not support"
+        lines.append(f"- {defense}: ASR@95 by rung (smallest to largest image tower): {vals}. It {trend} with size; "
+                     f"{noise}. The ladder {supports} the premise that scale disentangles the backdoor.")  # fmt: skip
+    return [*lines, ""]
