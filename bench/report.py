@@ -17,6 +17,11 @@ from bench.store import Store, atomic_write_bytes
 CLAIM_REMOVAL = 0.99
 CLAIM_RETENTION = 0.96
 CLAIM_DATA_SHARE = 0.02
+# A rung whose backdoored model classifies the attacked task below this clean accuracy has
+# not learned the task (chance is 10% on scenes); what a defense does to it says nothing
+# about disentanglement, so it is shown and left out of the ladder's trend, as a cell
+# whose attack did not take is left out of every average.
+MIN_VICTIM_CA = 0.5
 
 
 def _alpha(a) -> str:
@@ -222,6 +227,11 @@ def _overlap(a: dict, b: dict, key: str) -> bool | None:
     return abs(ma - mb) <= ha + hb
 
 
+def _learned(row: dict) -> bool:
+    ca = row.get("bd_ca")
+    return ca is None or not analysis.finite(ca) or ca >= MIN_VICTIM_CA
+
+
 def scale_section(result: dict | None) -> list[str]:
     """The capacity ladder: per rung, TBAR's numbers at matched retention and whether the
     paper's removal and retention claims hold there; then the trend with size."""
@@ -231,9 +241,9 @@ def scale_section(result: dict | None) -> list[str]:
     rows = [r for r in result["rows"] if r.get("visual_params")]
     xi = {(x["model"], x["variant"]): x for x in result.get("xi", [])}
     lines += ["![scale](tbar-analysis/scale-scale.png)", "",
-              "| rung | image-tower params | defense | rows took | backdoored ASR | ASR@95 | ASR@90 | CA retention (own rule) "
+              "| rung | image-tower params | defense | rows took | victim CA | backdoored ASR | ASR@95 | ASR@90 | CA retention (own rule) "
               "| control retention | target bias of theta_pre + tau | xi(1, 1) | removal at 95% (>= 95%?) |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         removal = 1 - r["asr_r95"] / r["bd_asr"] if r.get("bd_asr") else float("nan")
         variant = {"tbar": "triggered", "tbar-mix": "mix"}.get(r["defense"])
@@ -246,22 +256,27 @@ def scale_section(result: dict | None) -> list[str]:
         verdict = (
             ("holds" if removal >= CLAIM_REMOVAL - 0.04 else "does not hold") if analysis.finite(removal) else "n/a"
         )
+        if not _learned(r):
+            verdict = f"not evidence (victim CA < {_pct(MIN_VICTIM_CA, 0)})"
         lines.append(
             f"| {r['model']} | {r['visual_params'] / 1e6:.2f}M | {r['defense']} | {r['rows']} | "
-            f"{_ci(r['bd_asr'], r.get('bd_asr_ci'))} | {_ci(r['asr_r95'], r.get('asr_r95_ci'))} | "
+            f"{_ci(r.get('bd_ca'), r.get('bd_ca_ci'))} | {_ci(r['bd_asr'], r.get('bd_asr_ci'))} | {_ci(r['asr_r95'], r.get('asr_r95_ci'))} | "
             f"{_ci(r['asr_r90'], r.get('asr_r90_ci'))} | {_ci(r['ca_retention'], r.get('ca_retention_ci'))} | "
             f"{_ci(r['control_retention'], r.get('control_retention_ci'))} | "
             f"{_ci(r.get('pre_plus_tau_target_bias'), r.get('pre_plus_tau_target_bias_ci'))} | {xi_text} | "
             f"{_pct(removal)}: {verdict} |"
         )
     lines += ["", "Numbers in %, mean ± 95% CI over the (attack, seed) rows whose attack took; removal at 95% = "
-              "1 - ASR@95 / backdoored ASR (of the means).", ""]  # fmt: skip
+              "1 - ASR@95 / backdoored ASR (of the means). Victim CA: the backdoored model's clean test "
+              f"accuracy; a rung below {_pct(MIN_VICTIM_CA, 0)} has not learned the task and is left out of the "
+              "trend.", ""]  # fmt: skip
     for defense in ("tbar", "tbar-mix"):
-        ladder = sorted((r for r in rows if r["defense"] == defense), key=lambda r: r["visual_params"])
+        ladder = sorted((r for r in rows if r["defense"] == defense and _learned(r)), key=lambda r: r["visual_params"])
         if len(ladder) < 2:
             continue
         lo, hi = ladder[0], ladder[-1]
         vals = ", ".join(f"{r['model']} {_ci(r['asr_r95'], r.get('asr_r95_ci'))}" for r in ladder)
+        span = f"{hi['visual_params'] / lo['visual_params']:.0f}x"
         falls = [b["asr_r95"] < a["asr_r95"] for a, b in itertools.pairwise(ladder)]
         overlap = _overlap(lo, hi, "asr_r95")
         if overlap is None:
@@ -274,6 +289,7 @@ def scale_section(result: dict | None) -> list[str]:
             "falls at every step" if all(falls) else ("rises at every step" if not any(falls) else "is not monotone")
         )
         supports = "supports" if all(falls) and overlap is False else "does not support"
-        lines.append(f"- {defense}: ASR@95 by rung (smallest to largest image tower): {vals}. It {trend} with size; "
+        lines.append(f"- {defense}: ASR@95 by rung (smallest to largest image tower, {span} in parameters): {vals}. "
+                     f"It {trend} with size; "
                      f"{noise}. The ladder {supports} the premise that scale disentangles the backdoor.")  # fmt: skip
     return [*lines, ""]

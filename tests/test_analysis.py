@@ -142,7 +142,8 @@ def test_analyze_and_report_run_from_the_store(tmp_path):
 def _rung(model, params, defense, asr95, ci, bd=0.9):
     return {"model": model, "defense": defense, "rows": 3, "visual_params": params, "asr_r95": asr95,
             "asr_r95_ci": ci, "asr_r90": asr95, "asr_r90_ci": ci, "ca_retention": 0.96, "ca_retention_ci": 0.01,
-            "control_retention": 0.9, "control_retention_ci": 0.05, "bd_asr": bd, "bd_asr_ci": 0.02}  # fmt: skip
+            "control_retention": 0.9, "control_retention_ci": 0.05, "bd_asr": bd, "bd_asr_ci": 0.02,
+            "bd_ca": 0.85, "bd_ca_ci": 0.01}  # fmt: skip
 
 
 def test_report_scale_section_states_the_trend_and_the_noise():
@@ -159,6 +160,11 @@ def test_report_scale_section_states_the_trend_and_the_noise():
     text = "\n".join(scale_section(noisy))
     assert "CIs overlap" in text and "does not support" in text
     assert "_none stored" in "\n".join(scale_section(None))
+    # a rung that never learned the task is shown but is not evidence about the trend
+    broken = _rung("xs", 1e4, "tbar", 0.99, 0.01) | {"bd_ca": 0.2}
+    text = "\n".join(scale_section({"rows": [broken, *falling["rows"]], "xi": []}))
+    assert "not evidence (victim CA < 50%)" in text
+    assert "50x in parameters" in text and "falls at every step" in text
 
 
 def test_report_disentanglement_over_seeds_separates_bias_from_trigger():
