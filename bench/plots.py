@@ -257,9 +257,19 @@ def scale(result: dict) -> bytes:
     ax.set_title("xi(1, 1): 0 disentangled, 2 entangled", fontsize=9)
     ax.set_xlabel("image-tower parameters")
     ax.grid(alpha=0.3)
+    from bench.report import MIN_VICTIM_CA
+
+    # rungs whose victim never learned the task are no evidence (bench report leaves them
+    # out of the trend): shade them so the eye does not read them as the ladder's low end
+    unlearned = sorted({r["visual_params"] for r in rows if (r.get("bd_ca") or 1.0) < MIN_VICTIM_CA})
     for a in flat:
+        for x in unlearned:
+            a.axvspan(x / 1.25, x * 1.25, color="0.85", zorder=0)
         if a.get_legend_handles_labels()[0]:
             a.legend(fontsize=7)
+    if unlearned:
+        flat[0].annotate(f"grey: victim CA < {100 * MIN_VICTIM_CA:.0f}%, not evidence", (0.02, 0.02),
+                         xycoords="axes fraction", fontsize=7, color="0.3")  # fmt: skip
     fig.suptitle("Does TBAR's premise need scale? The capacity ladder (means, 95% CIs over seeds)", fontsize=10)
     fig.tight_layout()
     return _png(fig)

@@ -288,7 +288,12 @@ def scale_section(result: dict | None) -> list[str]:
         trend = (
             "falls at every step" if all(falls) else ("rises at every step" if not any(falls) else "is not monotone")
         )
-        supports = "supports" if all(falls) and overlap is False else "does not support"
+        if overlap is False and all(falls):
+            supports = "supports"
+        elif overlap is False and not any(falls):
+            supports = "contradicts"
+        else:
+            supports = "can neither support nor refute, at this many seeds,"
         lines.append(f"- {defense}: ASR@95 by rung (smallest to largest image tower, {span} in parameters): {vals}. "
                      f"It {trend} with size; "
                      f"{noise}. The ladder {supports} the premise that scale disentangles the backdoor.")  # fmt: skip

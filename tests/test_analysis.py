@@ -158,7 +158,7 @@ def test_report_scale_section_states_the_trend_and_the_noise():
     assert "66.7%: does not hold" in text and "0.40 ± 0.10" in text
     noisy = {"rows": [_rung("s", 1e5, "tbar", 0.50, 0.30), _rung("l", 5e6, "tbar", 0.40, 0.30)], "xi": []}
     text = "\n".join(scale_section(noisy))
-    assert "CIs overlap" in text and "does not support" in text
+    assert "CIs overlap" in text and "can neither support nor refute" in text
     assert "_none stored" in "\n".join(scale_section(None))
     # a rung that never learned the task is shown but is not evidence about the trend
     broken = _rung("xs", 1e4, "tbar", 0.99, 0.01) | {"bd_ca": 0.2}
