@@ -340,6 +340,12 @@ def run_budget(store: Store, cells: Sequence[dict], multipliers: Sequence[float]
 
 # ---------------------------------------------------------------- the capacity ladder
 
+# A rung whose backdoored model classifies the attacked task below this clean accuracy has
+# not learned the task (chance is 10% on scenes); what a defense does to it says nothing
+# about disentanglement, so it is shown and left out of the ladder's trend, as a cell
+# whose attack did not take is left out of every average.
+MIN_VICTIM_CA = 0.5
+
 
 def rung_params(model: str, model_params: dict) -> dict[str, int] | None:
     """Image-tower and total parameter counts of a registered clip model, if it can say."""

@@ -257,7 +257,7 @@ def scale(result: dict) -> bytes:
     ax.set_title("xi(1, 1): 0 disentangled, 2 entangled", fontsize=9)
     ax.set_xlabel("image-tower parameters")
     ax.grid(alpha=0.3)
-    from bench.report import MIN_VICTIM_CA
+    from bench.analysis import MIN_VICTIM_CA
 
     # rungs whose victim never learned the task are no evidence (bench report leaves them
     # out of the trend): shade them so the eye does not read them as the ladder's low end

@@ -10,18 +10,18 @@ import math
 from pathlib import Path
 
 from bench import analysis
-from bench.leaderboard import select_records
+from bench.leaderboard import pct, select_records
 from bench.store import Store, atomic_write_bytes
 
 # The paper's headline claims (Abdelraheem et al. 2025), as the issue states them.
 CLAIM_REMOVAL = 0.99
 CLAIM_RETENTION = 0.96
 CLAIM_DATA_SHARE = 0.02
-# A rung whose backdoored model classifies the attacked task below this clean accuracy has
-# not learned the task (chance is 10% on scenes); what a defense does to it says nothing
-# about disentanglement, so it is shown and left out of the ladder's trend, as a cell
-# whose attack did not take is left out of every average.
-MIN_VICTIM_CA = 0.5
+
+
+def removal_holds(removal: float) -> bool:
+    """The paper's ~99% removal claim, read with 4 points of slack (as the claims table does)."""
+    return analysis.finite(removal) and removal >= CLAIM_REMOVAL - 0.04
 
 
 def _alpha(a) -> str:
@@ -98,7 +98,7 @@ def write_tbar_report(store: Store, suite: str, out_dir: Path) -> Path:
         "| claim (paper) | measured here | verdict |",
         "|---|---|---|",
         f"| ~{_pct(CLAIM_REMOVAL, 0)} backdoor removal | {_pct(removal)} mean ASR removal over {len(tbar)} cells "
-        f"| {verdict(analysis.finite(removal) and removal >= CLAIM_REMOVAL - 0.04)} |",
+        f"| {verdict(removal_holds(removal))} |",
         f"| ~{_pct(CLAIM_RETENTION, 0)} of clean accuracy retained | {_pct(retention)} mean CA retention "
         f"| {verdict(analysis.finite(retention) and retention >= CLAIM_RETENTION - 0.02)} |",
         f"| < {_pct(CLAIM_DATA_SHARE, 0)} of fine-tuning defenses' data | {_pct(share)} mean share "
@@ -188,12 +188,6 @@ def write_tbar_report(store: Store, suite: str, out_dir: Path) -> Path:
     return path
 
 
-def _ci(mean: float | None, half: float | None) -> str:
-    if mean is None or not analysis.finite(mean):
-        return "n/a"
-    return f"{100 * mean:.1f}" + (f" ± {100 * half:.1f}" if half is not None and analysis.finite(half) else "")
-
-
 def disentanglement_over_seeds(dis: list[dict]) -> list[str]:
     """Per (model, vector): xi(1, 1), target bias and trigger effect of theta_pre + tau_t,
     mean ± 95% CI over the stored seeds (each seed fine-tunes its own vectors)."""
@@ -213,8 +207,8 @@ def disentanglement_over_seeds(dis: list[dict]) -> list[str]:
     for (model, name), g in sorted(groups.items()):
         xi, bias, eff = (stats.mean_ci(g[k]) for k in ("xi", "bias", "effect"))
         xi_text = f"{xi.mean:.2f}" + (f" ± {xi.half:.2f}" if analysis.finite(xi.half) else "")
-        lines.append(f"| {model} | {name} | {len(g['seeds'])} | {xi_text} | {_ci(bias.mean, bias.half)} | "
-                     f"{_ci(eff.mean, eff.half)} |")  # fmt: skip
+        lines.append(f"| {model} | {name} | {len(g['seeds'])} | {xi_text} | {pct(bias.mean, bias.half)} | "
+                     f"{pct(eff.mean, eff.half)} |")  # fmt: skip
     lines += ["", "Mean ± 95% CI over seeds. A trigger-specific vector has a trigger effect well above its "
               "target bias; a vector whose two effects match learned \"predict t\".", ""]  # fmt: skip
     return lines
@@ -229,7 +223,7 @@ def _overlap(a: dict, b: dict, key: str) -> bool | None:
 
 def _learned(row: dict) -> bool:
     ca = row.get("bd_ca")
-    return ca is None or not analysis.finite(ca) or ca >= MIN_VICTIM_CA
+    return ca is None or not analysis.finite(ca) or ca >= analysis.MIN_VICTIM_CA
 
 
 def scale_section(result: dict | None) -> list[str]:
@@ -253,29 +247,27 @@ def scale_section(result: dict | None) -> list[str]:
             if x and analysis.finite(x.get("xi_11_ci"))
             else (f"{x['xi_11']:.2f}" if x else "")
         )
-        verdict = (
-            ("holds" if removal >= CLAIM_REMOVAL - 0.04 else "does not hold") if analysis.finite(removal) else "n/a"
-        )
+        verdict = ("holds" if removal_holds(removal) else "does not hold") if analysis.finite(removal) else "n/a"
         if not _learned(r):
-            verdict = f"not evidence (victim CA < {_pct(MIN_VICTIM_CA, 0)})"
+            verdict = f"not evidence (victim CA < {_pct(analysis.MIN_VICTIM_CA, 0)})"
         lines.append(
             f"| {r['model']} | {r['visual_params'] / 1e6:.2f}M | {r['defense']} | {r['rows']} | "
-            f"{_ci(r.get('bd_ca'), r.get('bd_ca_ci'))} | {_ci(r['bd_asr'], r.get('bd_asr_ci'))} | {_ci(r['asr_r95'], r.get('asr_r95_ci'))} | "
-            f"{_ci(r['asr_r90'], r.get('asr_r90_ci'))} | {_ci(r['ca_retention'], r.get('ca_retention_ci'))} | "
-            f"{_ci(r['control_retention'], r.get('control_retention_ci'))} | "
-            f"{_ci(r.get('pre_plus_tau_target_bias'), r.get('pre_plus_tau_target_bias_ci'))} | {xi_text} | "
+            f"{pct(r.get('bd_ca'), r.get('bd_ca_ci'))} | {pct(r['bd_asr'], r.get('bd_asr_ci'))} | {pct(r['asr_r95'], r.get('asr_r95_ci'))} | "
+            f"{pct(r['asr_r90'], r.get('asr_r90_ci'))} | {pct(r['ca_retention'], r.get('ca_retention_ci'))} | "
+            f"{pct(r['control_retention'], r.get('control_retention_ci'))} | "
+            f"{pct(r.get('pre_plus_tau_target_bias'), r.get('pre_plus_tau_target_bias_ci'))} | {xi_text} | "
             f"{_pct(removal)}: {verdict} |"
         )
     lines += ["", "Numbers in %, mean ± 95% CI over the (attack, seed) rows whose attack took; removal at 95% = "
               "1 - ASR@95 / backdoored ASR (of the means). Victim CA: the backdoored model's clean test "
-              f"accuracy; a rung below {_pct(MIN_VICTIM_CA, 0)} has not learned the task and is left out of the "
+              f"accuracy; a rung below {_pct(analysis.MIN_VICTIM_CA, 0)} has not learned the task and is left out of the "
               "trend.", ""]  # fmt: skip
     for defense in ("tbar", "tbar-mix"):
         ladder = sorted((r for r in rows if r["defense"] == defense and _learned(r)), key=lambda r: r["visual_params"])
         if len(ladder) < 2:
             continue
         lo, hi = ladder[0], ladder[-1]
-        vals = ", ".join(f"{r['model']} {_ci(r['asr_r95'], r.get('asr_r95_ci'))}" for r in ladder)
+        vals = ", ".join(f"{r['model']} {pct(r['asr_r95'], r.get('asr_r95_ci'))}" for r in ladder)
         span = f"{hi['visual_params'] / lo['visual_params']:.0f}x"
         falls = [b["asr_r95"] < a["asr_r95"] for a, b in itertools.pairwise(ladder)]
         overlap = _overlap(lo, hi, "asr_r95")
