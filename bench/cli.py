@@ -350,7 +350,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from bench.store import Store, atomic_write_bytes
 
     suite = load_suite(args.suite)
-    ATTACKS.resolve(args.attacks)  # every name is checked before any work
+    if args.attacks is None and args.what != "scale":
+        args.attacks = "badnets,blended"
+    if args.attacks:
+        ATTACKS.resolve(args.attacks)  # every name is checked before any work
     if args.what == "alpha":
         DEFENSES.entry(args.defense)
     elif args.what == "budget":
@@ -447,18 +450,30 @@ def _analyze_scale(args, store, suite, out: Path, start: float) -> int:
     if not records:
         console.print(f"bench: error: no ok records of suite {suite.name!r} under {store.root}; run the grid first")
         return 1
-    result = analysis.run_scale(store, records, args.steps, args.lr, progress=lambda m: console.print(m, highlight=False))
-    stem = f"scale-{suite.name}"
-    analysis.save(result, store, stem)
-    for name, rows in (("", result["rows"]), ("-xi", result["xi"])):
-        if rows:
-            buf = io.StringIO()
-            w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-            atomic_write_bytes(out / f"{stem}{name}.csv", buf.getvalue().encode())
-    atomic_write_bytes(out / f"{stem}.png", plots.scale(result))
-    console.print(f"  -> {out / stem}.png, .csv, -xi.csv in {time.perf_counter() - start:.0f} s")
+    # one analysis per attack: pooling attacks would let the trend with size follow which
+    # attack took on which rung instead of the rungs themselves
+    present = sorted({r["config"]["attack"] for r in records} - {"none"})
+    wanted = present if args.attacks is None else [a for a in args.attacks.split(",") if a in present]
+    if not wanted:
+        console.print(f"bench: error: --attacks {args.attacks!r}: no ok records of suite {suite.name!r} under "
+                      f"{store.root}; attacks with records: {', '.join(present) or 'none'}")  # fmt: skip
+        return 1
+    for attack in wanted:
+        subset = [r for r in records if r["config"]["attack"] == attack]
+        result = analysis.run_scale(store, subset, args.steps, args.lr,
+                                    progress=lambda m: console.print(m, highlight=False))  # fmt: skip
+        result |= {"suite": suite.name, "attack": attack}
+        stem = f"scale-{suite.name}-{attack}"
+        analysis.save(result, store, stem)
+        for name, rows in (("", result["rows"]), ("-xi", result["xi"])):
+            if rows:
+                buf = io.StringIO()
+                w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+                w.writeheader()
+                w.writerows(rows)
+                atomic_write_bytes(out / f"{stem}{name}.csv", buf.getvalue().encode())
+        atomic_write_bytes(out / f"{stem}.png", plots.scale(result))
+        console.print(f"  -> {out / stem}.png, .csv, -xi.csv in {time.perf_counter() - start:.0f} s")
     return 0
 
 

@@ -375,7 +375,9 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:
     an.add_argument("--results", type=existing_results, default="results", help="storage root of the records")
     an.add_argument("--out", type=out_folder,
                     help="where plots and CSVs go (default: <results>/reports/tbar-analysis)")  # fmt: skip
-    an.add_argument("--attacks", type=name_list, default="badnets,blended", help="comma list of attacks")
+    an.add_argument("--attacks", type=name_list,
+                    help="comma list of attacks (default: badnets,blended; scale: every attack in the suite's "
+                         "records, one analysis each)")  # fmt: skip
     an.add_argument("--defense", default="tbar", help="alpha: which tbar variant's records (tbar, tbar-mix, ...)")
     an.add_argument("--model", help="disentanglement: a clip model (default: the suite's first)")
     an.add_argument("--dataset", help="disentanglement: dataset (default: the suite's first)")

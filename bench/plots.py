@@ -270,6 +270,7 @@ def scale(result: dict) -> bytes:
     if unlearned:
         flat[0].annotate(f"grey: victim CA < {100 * MIN_VICTIM_CA:.0f}%, not evidence", (0.02, 0.02),
                          xycoords="axes fraction", fontsize=7, color="0.3")  # fmt: skip
-    fig.suptitle("Does TBAR's premise need scale? The capacity ladder (means, 95% CIs over seeds)", fontsize=10)
+    attack = f", {result['attack']}" if result.get("attack") else ""
+    fig.suptitle(f"Does TBAR's premise need scale? The capacity ladder{attack} (means, 95% CIs over seeds)", fontsize=10)
     fig.tight_layout()
     return _png(fig)

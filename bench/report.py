@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 from bench import analysis
@@ -182,7 +183,7 @@ def write_tbar_report(store: Store, suite: str, out_dir: Path) -> Path:
         lines += ["", f"Task vectors: {d['steps']} steps at lr {d['lr']} from theta_pre ({d['model']}).", ""]
     if len(dis) > 1:
         lines += disentanglement_over_seeds(dis)
-    lines += scale_section(ladder[-1] if ladder else None)
+    lines += scale_sections(ladder)
     path = Path(out_dir) / "tbar-report.md"
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
     return path
@@ -226,15 +227,30 @@ def _learned(row: dict) -> bool:
     return ca is None or not analysis.finite(ca) or ca >= analysis.MIN_VICTIM_CA
 
 
-def scale_section(result: dict | None) -> list[str]:
-    """The capacity ladder: per rung, TBAR's numbers at matched retention and whether the
-    paper's removal and retention claims hold there; then the trend with size."""
+def scale_sections(results: Sequence[dict]) -> list[str]:
+    """The capacity ladder, one section per attack (the newest stored analysis of each)."""
+    latest: dict[str, dict] = {}
+    for r in sorted(results, key=lambda r: r.get("created") or ""):
+        latest[r.get("attack") or ""] = r
     lines = ["## Does the premise need scale? The capacity ladder", ""]
+    if not any(r.get("rows") for r in latest.values()):
+        return [*lines, "_none stored: run `bench run --suite scale` then `bench analyze scale --suite scale`_", ""]
+    for attack in sorted(latest):
+        lines += scale_section(latest[attack])
+    return lines
+
+
+def scale_section(result: dict | None) -> list[str]:
+    """One attack's capacity ladder: per rung, TBAR's numbers at matched retention and
+    whether the paper's removal and retention claims hold there; then the trend with size."""
+    attack = (result or {}).get("attack")
+    lines = [f"### {attack}" if attack else "### all attacks pooled", ""]
     if not result or not result.get("rows"):
         return [*lines, "_none stored: run `bench run --suite scale` then `bench analyze scale --suite scale`_", ""]
     rows = [r for r in result["rows"] if r.get("visual_params")]
     xi = {(x["model"], x["variant"]): x for x in result.get("xi", [])}
-    lines += ["![scale](tbar-analysis/scale-scale.png)", "",
+    stem = f"scale-{result.get('suite', 'scale')}-{attack}" if attack else "scale-scale"
+    lines += [f"![scale, {attack or 'pooled'}](tbar-analysis/{stem}.png)", "",
               "| rung | image-tower params | defense | rows took | victim CA | backdoored ASR | ASR@95 | ASR@90 | CA retention (own rule) "
               "| control retention | target bias of theta_pre + tau | xi(1, 1) | removal at 95% (>= 95%?) |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -258,7 +274,7 @@ def scale_section(result: dict | None) -> list[str]:
             f"{pct(r.get('pre_plus_tau_target_bias'), r.get('pre_plus_tau_target_bias_ci'))} | {xi_text} | "
             f"{_pct(removal)}: {verdict} |"
         )
-    lines += ["", "Numbers in %, mean ± 95% CI over the (attack, seed) rows whose attack took; removal at 95% = "
+    lines += ["", "Numbers in %, mean ± 95% CI over the seeds whose attack took; removal at 95% = "
               "1 - ASR@95 / backdoored ASR (of the means). Victim CA: the backdoored model's clean test "
               f"accuracy; a rung below {_pct(analysis.MIN_VICTIM_CA, 0)} has not learned the task and is left out of the "
               "trend.", ""]  # fmt: skip

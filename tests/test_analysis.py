@@ -167,6 +167,22 @@ def test_report_scale_section_states_the_trend_and_the_noise():
     assert "50x in parameters" in text and "falls at every step" in text
 
 
+def test_report_scale_sections_one_per_attack_newest_first():
+    from bench.report import scale_sections
+
+    def one(attack, created, asr):
+        rows = [_rung("s", 1e5, "tbar", asr, 0.05), _rung("l", 5e6, "tbar", asr / 10, 0.01)]
+        return {"kind": "scale", "suite": "scale", "attack": attack, "created": created, "rows": rows, "xi": []}
+
+    text = "\n".join(scale_sections([one("sig", "2026-01-02", 0.5), one("blended", "2026-01-01", 0.6),
+                                      one("blended", "2026-01-03", 0.7)]))  # fmt: skip
+    assert text.count("## Does the premise need scale?") == 1
+    assert text.index("### blended") < text.index("### sig")
+    assert "tbar-analysis/scale-scale-blended.png" in text and "tbar-analysis/scale-scale-sig.png" in text
+    assert "70.0" in text and "60.0" not in text  # the newest blended analysis wins
+    assert "_none stored" in "\n".join(scale_sections([]))
+
+
 def test_report_disentanglement_over_seeds_separates_bias_from_trigger():
     from bench.report import disentanglement_over_seeds
 
