@@ -436,10 +436,14 @@ def run_scale(store: Store, records: Sequence[dict], xi_steps: int = 150, xi_lr:
         for key, heat in d["xi"].items():
             variant = "mix" if key.endswith("/mix") else "triggered"
             xi.setdefault((model, variant), []).append(heat[1][1])
+    # xi needs no attack that took (its vectors start from theta_pre), so it is shown on
+    # rungs that have no matched-retention row; each row carries its own size for that
+    sizes = {m: rung_params(m, json_load(mp)) for m, mp, *_ in cells}
     xi_rows = []
     for (model, variant), vals in sorted(xi.items()):
         est = stats.mean_ci(vals)
-        xi_rows.append({"model": model, "variant": variant, "xi_11": est.mean, "xi_11_ci": est.half, "n": est.n})
+        xi_rows.append({"model": model, "variant": variant, "xi_11": est.mean, "xi_11_ci": est.half, "n": est.n,
+                        "visual_params": (sizes.get(model) or {}).get("visual")})  # fmt: skip
     return {"kind": "scale", "rows": rows, "xi": xi_rows, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 

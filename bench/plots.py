@@ -246,6 +246,7 @@ def scale(result: dict) -> bytes:
         ax.grid(alpha=0.3)
     ax = flat[5]
     sizes = {r["model"]: r["visual_params"] for r in rows}
+    sizes |= {x["model"]: x["visual_params"] for x in result.get("xi", []) if x.get("visual_params")}
     for variant in ("triggered", "mix"):
         pts = sorted((x for x in result.get("xi", []) if x["variant"] == variant and sizes.get(x["model"])),
                      key=lambda x: sizes[x["model"]])  # fmt: skip

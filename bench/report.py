@@ -278,6 +278,14 @@ def scale_section(result: dict | None) -> list[str]:
               "1 - ASR@95 / backdoored ASR (of the means). Victim CA: the backdoored model's clean test "
               f"accuracy; a rung below {_pct(analysis.MIN_VICTIM_CA, 0)} has not learned the task and is left out of the "
               "trend.", ""]  # fmt: skip
+    shown = {r["model"] for r in rows}
+    rest = sorted((x for x in result.get("xi", []) if x["model"] not in shown), key=lambda x: (x.get("visual_params") or 0, x["variant"]))
+    if rest:
+        lines += ["xi(1, 1) on rungs where the attack took on no seed (its vectors start from theta_pre, so it is "
+                  "measured there too): " + "; ".join(
+                      f"{x['model']} {x['variant']} {x['xi_11']:.2f}"
+                      + (f" ± {x['xi_11_ci']:.2f}" if analysis.finite(x.get("xi_11_ci")) else "") for x in rest) + ".",
+                  ""]  # fmt: skip
     for defense in ("tbar", "tbar-mix"):
         ladder = sorted((r for r in rows if r["defense"] == defense and _learned(r)), key=lambda r: r["visual_params"])
         if len(ladder) < 2:

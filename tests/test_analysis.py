@@ -181,6 +181,10 @@ def test_report_scale_sections_one_per_attack_newest_first():
     assert "tbar-analysis/scale-scale-blended.png" in text and "tbar-analysis/scale-scale-sig.png" in text
     assert "70.0" in text and "60.0" not in text  # the newest blended analysis wins
     assert "_none stored" in "\n".join(scale_sections([]))
+    # xi is measured on a rung where the attack never took, and said so
+    extra = one("sig", "2026-01-04", 0.5) | {"xi": [{"model": "xl", "variant": "mix", "xi_11": 0.15, "xi_11_ci": 0.1,
+                                                     "n": 3, "visual_params": 1e7}]}  # fmt: skip
+    assert "attack took on no seed" in "\n".join(scale_sections([extra])) and "xl mix 0.15 ± 0.10" in "\n".join(scale_sections([extra]))
 
 
 def test_report_disentanglement_over_seeds_separates_bias_from_trigger():
