@@ -389,6 +389,32 @@ def scale_rows(records: Sequence[dict], defenses: Sequence[str] = ("tbar", "tbar
     return sorted(out, key=lambda r: (r["visual_params"] or 0, r["defense"]))
 
 
+def scale_trend(records: Sequence[dict], rows: Sequence[dict],
+                defenses: Sequence[str] = ("tbar", "tbar-mix", "finetune", "cleanclip")) -> list[dict]:  # fmt: skip
+    """Per defense: the least-squares slope of ASR at 95% retention on log10(image-tower
+    parameters) over every (rung, seed) row whose attack took, on the rungs whose victim
+    learned the task (MIN_VICTIM_CA). It uses every seed of every rung, where comparing
+    the end rungs' intervals uses two rungs only."""
+    from bench import stats, tables
+
+    df = tables.records_frame(list(records))
+    if df.empty:
+        return []
+    learned = {r["model"]: r["visual_params"] for r in rows if r.get("visual_params")
+               and (r.get("bd_ca") is None or not finite(r["bd_ca"]) or r["bd_ca"] >= MIN_VICTIM_CA)}  # fmt: skip
+    took = df[(df["attack"] != "none") & df["took"] & df["model"].isin(list(learned))]
+    out = []
+    for defense in defenses:
+        grp = took[took["defense"] == defense]
+        if grp.empty:
+            continue
+        x = [math.log10(learned[m]) for m in grp["model"]]
+        fit = stats.slope(x, grp["asr_r95"].tolist())
+        out.append({"defense": defense, "rungs": int(grp["model"].nunique()), "n": fit.n,
+                    "slope_per_decade": fit.slope, "slope_ci": fit.half, "p": fit.p})  # fmt: skip
+    return out
+
+
 def vector_diagnostics(store: Store, record: dict) -> dict:
     """For one tbar/tbar-mix record: target bias and trigger effect (test) of theta_pre + tau
     and of theta_bd - tau (alpha = 1), from its stored vector."""
@@ -444,7 +470,7 @@ def run_scale(store: Store, records: Sequence[dict], xi_steps: int = 150, xi_lr:
         est = stats.mean_ci(vals)
         xi_rows.append({"model": model, "variant": variant, "xi_11": est.mean, "xi_11_ci": est.half, "n": est.n,
                         "visual_params": (sizes.get(model) or {}).get("visual")})  # fmt: skip
-    return {"kind": "scale", "rows": rows, "xi": xi_rows, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    return {"kind": "scale", "rows": rows, "trend": scale_trend(records, rows), "xi": xi_rows, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def json_key(obj) -> str:

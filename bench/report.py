@@ -286,6 +286,7 @@ def scale_section(result: dict | None) -> list[str]:
                       f"{x['model']} {x['variant']} {x['xi_11']:.2f}"
                       + (f" ± {x['xi_11_ci']:.2f}" if analysis.finite(x.get("xi_11_ci")) else "") for x in rest) + ".",
                   ""]  # fmt: skip
+    trends = {t["defense"]: t for t in result.get("trend", [])}
     for defense in ("tbar", "tbar-mix"):
         ladder = sorted((r for r in rows if r["defense"] == defense and _learned(r)), key=lambda r: r["visual_params"])
         if len(ladder) < 2:
@@ -296,21 +297,33 @@ def scale_section(result: dict | None) -> list[str]:
         falls = [b["asr_r95"] < a["asr_r95"] for a, b in itertools.pairwise(ladder)]
         overlap = _overlap(lo, hi, "asr_r95")
         if overlap is None:
-            noise = "one of the two has no interval (fewer than 2 rows), so the trend is not tested"
+            noise = "one of the two has no interval (fewer than 2 rows)"
         elif overlap:
-            noise = "their CIs overlap: no difference beyond the noise between the smallest and the largest rung"
+            noise = "the smallest and the largest rung's CIs overlap"
         else:
-            noise = "their CIs do not overlap: a difference beyond the noise"
+            noise = "the smallest and the largest rung's CIs do not overlap"
         trend = (
             "falls at every step" if all(falls) else ("rises at every step" if not any(falls) else "is not monotone")
         )
-        if overlap is False and all(falls):
-            supports = "supports"
-        elif overlap is False and not any(falls):
-            supports = "contradicts"
+        # The verdict rests on the slope over every (rung, seed) row where there is one
+        # (it uses all the data); comparing the end rungs' intervals is the fallback.
+        t = trends.get(defense)
+        if t and analysis.finite(t.get("slope_ci")):
+            excl = abs(t["slope_per_decade"]) > t["slope_ci"]
+            fit = (f"over the {t['n']} rows of these {t['rungs']} rungs, ASR@95 changes by "
+                   f"{100 * t['slope_per_decade']:+.1f} ± {100 * t['slope_ci']:.1f} points per 10x image-tower "
+                   f"parameters (least squares, 95% CI; p = {t['p']:.2g})")  # fmt: skip
+            down, up = excl and t["slope_per_decade"] < 0, excl and t["slope_per_decade"] > 0
         else:
-            supports = "can neither support nor refute, at this many seeds,"
+            fit, down, up = "no slope could be fitted", overlap is False and all(falls), overlap is False and not any(falls)
+        supports = "supports" if down else ("contradicts" if up else "can neither support nor refute, at this many seeds,")
         lines.append(f"- {defense}: ASR@95 by rung (smallest to largest image tower, {span} in parameters): {vals}. "
-                     f"It {trend} with size; "
-                     f"{noise}. The ladder {supports} the premise that scale disentangles the backdoor.")  # fmt: skip
+                     f"It {trend} with size; {noise}; {fit}. This {supports} the expectation that TBAR "
+                     "removes more of the backdoor at the same retention as the model grows.")  # fmt: skip
+    xs = sorted((x for x in result.get("xi", []) if x["variant"] == "triggered" and x.get("visual_params")),
+                key=lambda x: x["visual_params"])  # fmt: skip
+    if len(xs) >= 2:
+        lines.append("- Whether that is disentanglement: xi(1, 1) of the triggered-only vector by rung is "
+                     + ", ".join(f"{x['model']} {x['xi_11']:.2f}" for x in xs)
+                     + " (0 disentangled, 2 entangled); the target bias of theta_pre + tau is in the table.")  # fmt: skip
     return [*lines, ""]

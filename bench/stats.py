@@ -74,6 +74,29 @@ def paired(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENC
     return Paired(est, float(2 * _st.t.sf(abs(t), est.n - 1)))
 
 
+@dataclass(frozen=True)
+class Slope:
+    """An ordinary least-squares slope of y on x with the half-width of its confidence
+    interval (Student t, n - 2 degrees of freedom) and the two-sided p-value of slope = 0
+    (NaN for fewer than 3 points or one distinct x)."""
+
+    slope: float
+    half: float
+    p: float
+    n: int
+
+
+def slope(x: Sequence[float], y: Sequence[float], confidence: float = CONFIDENCE) -> Slope:
+    pts = [(float(a), float(b)) for a, b in zip(x, y, strict=True) if _clean([a]) and _clean([b])]
+    n = len(pts)
+    if n < 3 or len({a for a, _ in pts}) < 2:
+        return Slope(float("nan"), float("nan"), float("nan"), n)
+    fit = _st.linregress([a for a, _ in pts], [b for _, b in pts])
+    half = float(_st.t.ppf(0.5 + confidence / 2, n - 2)) * float(fit.stderr)
+    p = float(fit.pvalue) if fit.stderr > 0 else (1.0 if fit.slope == 0 else 0.0)
+    return Slope(float(fit.slope), half, p, n)
+
+
 def holm(pvalues: Sequence[float]) -> list[float]:
     """Holm-Bonferroni adjusted p-values (same order as given; NaN stays NaN)."""
     idx = [i for i, p in enumerate(pvalues) if not math.isnan(p)]

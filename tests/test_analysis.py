@@ -153,13 +153,22 @@ def test_report_scale_section_states_the_trend_and_the_noise():
                         _rung("l", 5e6, "tbar", 0.02, 0.01)],
                "xi": [{"model": "l", "variant": "triggered", "xi_11": 0.4, "xi_11_ci": 0.1, "n": 3}]}  # fmt: skip
     text = "\n".join(scale_section(falling))
-    assert "falls at every step" in text and "do not overlap" in text and "supports the premise" in text
+    assert "falls at every step" in text and "do not overlap" in text and "supports the expectation" in text
     assert "97.8%: holds" in text  # removal at 95% for the largest rung: 1 - 0.02 / 0.9
     assert "66.7%: does not hold" in text and "0.40 ± 0.10" in text
     noisy = {"rows": [_rung("s", 1e5, "tbar", 0.50, 0.30), _rung("l", 5e6, "tbar", 0.40, 0.30)], "xi": []}
     text = "\n".join(scale_section(noisy))
     assert "CIs overlap" in text and "can neither support nor refute" in text
     assert "_none stored" in "\n".join(scale_section(None))
+    # the slope over every row decides where there is one: wide end-rung intervals that
+    # overlap do not hide a slope whose interval excludes zero, and a flat slope refutes nothing
+    steep = noisy | {"trend": [{"defense": "tbar", "rungs": 2, "n": 6, "slope_per_decade": -0.1,
+                                "slope_ci": 0.05, "p": 0.01}]}  # fmt: skip
+    text = "\n".join(scale_section(steep))
+    assert "CIs overlap" in text and "-10.0 ± 5.0 points per 10x" in text and "supports the expectation" in text
+    flat = noisy | {"trend": [{"defense": "tbar", "rungs": 2, "n": 6, "slope_per_decade": -0.1, "slope_ci": 0.2,
+                               "p": 0.3}]}  # fmt: skip
+    assert "can neither support nor refute" in "\n".join(scale_section(flat))
     # a rung that never learned the task is shown but is not evidence about the trend
     broken = _rung("xs", 1e4, "tbar", 0.99, 0.01) | {"bd_ca": 0.2}
     text = "\n".join(scale_section({"rows": [broken, *falling["rows"]], "xi": []}))

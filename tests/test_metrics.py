@@ -80,6 +80,23 @@ def test_paired_t_test_and_holm_adjustment():
     assert holm([0.01, 0.04, 0.03]) == [0.03, 0.06, 0.06]
 
 
+def test_slope_matches_a_hand_computation_and_refuses_too_few_points():
+    from bench.stats import slope
+
+    # y = 1 - 0.2 x + e: slope by hand = sum((x - 2)(y - ybar)) / sum((x - 2)^2)
+    x, y = [1.0, 2.0, 3.0, 2.0], [0.82, 0.58, 0.42, 0.62]
+    ybar = sum(y) / 4
+    b = sum((a - 2) * (c - ybar) for a, c in zip(x, y, strict=True)) / sum((a - 2) ** 2 for a in x)
+    resid = [c - (ybar + b * (a - 2)) for a, c in zip(x, y, strict=True)]
+    se = (sum(r * r for r in resid) / 2 / sum((a - 2) ** 2 for a in x)) ** 0.5
+    f = slope(x, y)
+    assert abs(f.slope - b) < 1e-12 and abs(f.half - 4.302653 * se) < 1e-5 and f.n == 4  # t(0.975, 2)
+    assert f.p < 0.05 and f.slope < 0
+    assert math.isnan(slope([1.0, 2.0], [0.1, 0.2]).half)  # 2 points: no interval
+    assert math.isnan(slope([1.0, 1.0, 1.0], [0.1, 0.2, 0.3]).slope)  # one x: no slope
+    assert slope([1.0, 2.0, 3.0, float("nan")], [0.3, 0.2, 0.1, 0.5]).n == 3  # NaN rows are dropped
+
+
 def _reference_ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """torchmetrics' SSIM map with the same settings, averaged over the valid region
     (the convention of bench.metrics.ssim; see its docstring)."""
