@@ -391,9 +391,12 @@ def scale_rows(records: Sequence[dict], defenses: Sequence[str] = ("tbar", "tbar
 
 def scale_trend(records: Sequence[dict], rows: Sequence[dict],
                 defenses: Sequence[str] = ("tbar", "tbar-mix", "finetune", "cleanclip")) -> list[dict]:  # fmt: skip
-    """Per defense: the least-squares slope of ASR at 95% retention on log10(image-tower
-    parameters) over every (rung, seed) row whose attack took, on the rungs whose victim
-    learned the task (MIN_VICTIM_CA). It uses every seed of every rung, where comparing
+    """Per defense: least-squares slopes on log10(image-tower parameters), over every
+    (rung, seed) row whose attack took on the rungs whose victim learned the task
+    (MIN_VICTIM_CA), of ASR at 95% retention, of removal at 95% (1 - ASR@95 / backdoored
+    ASR) and of the backdoored ASR itself. The attack's own strength changes with size
+    (sig takes less on larger rungs, blended more), so the verdict rests on removal,
+    which is relative to it; and a slope uses every seed of every rung, where comparing
     the end rungs' intervals uses two rungs only."""
     from bench import stats, tables
 
@@ -409,9 +412,12 @@ def scale_trend(records: Sequence[dict], rows: Sequence[dict],
         if grp.empty:
             continue
         x = [math.log10(learned[m]) for m in grp["model"]]
-        fit = stats.slope(x, grp["asr_r95"].tolist())
-        out.append({"defense": defense, "rungs": int(grp["model"].nunique()), "n": fit.n,
-                    "slope_per_decade": fit.slope, "slope_ci": fit.half, "p": fit.p})  # fmt: skip
+        row = {"defense": defense, "rungs": int(grp["model"].nunique())}
+        removal = (1 - grp["asr_r95"] / grp["bd_asr"]).tolist()
+        for key, y in (("asr_r95", grp["asr_r95"].tolist()), ("removal_r95", removal), ("bd_asr", grp["bd_asr"].tolist())):
+            fit = stats.slope(x, y)
+            row |= {"n": fit.n, f"{key}_slope": fit.slope, f"{key}_slope_ci": fit.half, f"{key}_p": fit.p}
+        out.append(row)
     return out
 
 

@@ -305,15 +305,21 @@ def scale_section(result: dict | None) -> list[str]:
         trend = (
             "falls at every step" if all(falls) else ("rises at every step" if not any(falls) else "is not monotone")
         )
-        # The verdict rests on the slope over every (rung, seed) row where there is one
-        # (it uses all the data); comparing the end rungs' intervals is the fallback.
+        # The verdict rests on the slope of removal (relative to the attack's own strength,
+        # which changes with size) over every (rung, seed) row where there is one (it uses
+        # all the data); comparing the end rungs' intervals is the fallback.
         t = trends.get(defense)
-        if t and analysis.finite(t.get("slope_ci")):
-            excl = abs(t["slope_per_decade"]) > t["slope_ci"]
-            fit = (f"over the {t['n']} rows of these {t['rungs']} rungs, ASR@95 changes by "
-                   f"{100 * t['slope_per_decade']:+.1f} ± {100 * t['slope_ci']:.1f} points per 10x image-tower "
-                   f"parameters (least squares, 95% CI; p = {t['p']:.2g})")  # fmt: skip
-            down, up = excl and t["slope_per_decade"] < 0, excl and t["slope_per_decade"] > 0
+        if t and analysis.finite(t.get("removal_r95_slope_ci")):
+
+            def per_decade(key: str, t: dict = t) -> str:
+                return (f"{100 * t[f'{key}_slope']:+.1f} ± {100 * t[f'{key}_slope_ci']:.1f} points per 10x "
+                        f"image-tower parameters (p = {t[f'{key}_p']:.2g})")  # fmt: skip
+
+            excl = abs(t["removal_r95_slope"]) > t["removal_r95_slope_ci"]
+            fit = (f"over the {t['n']} rows of these {t['rungs']} rungs (least squares, 95% CIs), removal at 95% "
+                   f"changes by {per_decade('removal_r95')}, ASR@95 by {per_decade('asr_r95')}, and the backdoored "
+                   f"ASR itself by {per_decade('bd_asr')}")  # fmt: skip
+            down, up = excl and t["removal_r95_slope"] > 0, excl and t["removal_r95_slope"] < 0
         else:
             fit, down, up = "no slope could be fitted", overlap is False and all(falls), overlap is False and not any(falls)
         supports = "supports" if down else ("contradicts" if up else "can neither support nor refute, at this many seeds,")

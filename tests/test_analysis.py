@@ -162,13 +162,17 @@ def test_report_scale_section_states_the_trend_and_the_noise():
     assert "_none stored" in "\n".join(scale_section(None))
     # the slope over every row decides where there is one: wide end-rung intervals that
     # overlap do not hide a slope whose interval excludes zero, and a flat slope refutes nothing
-    steep = noisy | {"trend": [{"defense": "tbar", "rungs": 2, "n": 6, "slope_per_decade": -0.1,
-                                "slope_ci": 0.05, "p": 0.01}]}  # fmt: skip
-    text = "\n".join(scale_section(steep))
-    assert "CIs overlap" in text and "-10.0 ± 5.0 points per 10x" in text and "supports the expectation" in text
-    flat = noisy | {"trend": [{"defense": "tbar", "rungs": 2, "n": 6, "slope_per_decade": -0.1, "slope_ci": 0.2,
-                               "p": 0.3}]}  # fmt: skip
-    assert "can neither support nor refute" in "\n".join(scale_section(flat))
+    def trend(removal, removal_ci, asr=-0.1):
+        return [{"defense": "tbar", "rungs": 2, "n": 6, "removal_r95_slope": removal, "removal_r95_slope_ci": removal_ci,
+                 "removal_r95_p": 0.01, "asr_r95_slope": asr, "asr_r95_slope_ci": 0.05, "asr_r95_p": 0.01,
+                 "bd_asr_slope": 0.0, "bd_asr_slope_ci": 0.01, "bd_asr_p": 1.0}]  # fmt: skip
+
+    text = "\n".join(scale_section(noisy | {"trend": trend(0.1, 0.05)}))
+    assert "CIs overlap" in text and "removal at 95% changes by +10.0 ± 5.0 points per 10x" in text
+    assert "ASR@95 by -10.0 ± 5.0" in text and "supports the expectation" in text
+    assert "can neither support nor refute" in "\n".join(scale_section(noisy | {"trend": trend(0.1, 0.2)}))
+    # ASR@95 may fall only because the attack itself weakens with size: removal decides
+    assert "contradicts" in "\n".join(scale_section(noisy | {"trend": trend(-0.1, 0.05, asr=-0.2)}))
     # a rung that never learned the task is shown but is not evidence about the trend
     broken = _rung("xs", 1e4, "tbar", 0.99, 0.01) | {"bd_ca": 0.2}
     text = "\n".join(scale_section({"rows": [broken, *falling["rows"]], "xi": []}))
