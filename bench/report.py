@@ -326,6 +326,14 @@ def scale_section(result: dict | None) -> list[str]:
         lines.append(f"- {defense}: ASR@95 by rung (smallest to largest image tower, {span} in parameters): {vals}. "
                      f"It {trend} with size; {noise}; {fit}. This {supports} the expectation that TBAR "
                      "removes more of the backdoor at the same retention as the model grows.")  # fmt: skip
+    base = [t for d, t in sorted(trends.items()) if d not in ("tbar", "tbar-mix") and analysis.finite(t.get("removal_r95_slope_ci"))]
+    if base:
+        # is a size trend TBAR's own, or does every defense gain with size (as when the
+        # attack itself weakens on larger rungs)?
+        lines.append("- The baselines on the same rungs, for comparison: removal at 95% changes by "
+                     + "; ".join(f"{t['defense']} {100 * t['removal_r95_slope']:+.1f} ± {100 * t['removal_r95_slope_ci']:.1f} "
+                                 f"(p = {t['removal_r95_p']:.2g})" for t in base)
+                     + " points per 10x. A trend every defense shares is the attack's, not TBAR's.")  # fmt: skip
     xs = sorted((x for x in result.get("xi", []) if x["variant"] == "triggered" and x.get("visual_params")),
                 key=lambda x: x["visual_params"])  # fmt: skip
     if len(xs) >= 2:

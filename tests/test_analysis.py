@@ -171,6 +171,8 @@ def test_report_scale_section_states_the_trend_and_the_noise():
     assert "CIs overlap" in text and "removal at 95% changes by +10.0 ± 5.0 points per 10x" in text
     assert "ASR@95 by -10.0 ± 5.0" in text and "supports the expectation" in text
     assert "can neither support nor refute" in "\n".join(scale_section(noisy | {"trend": trend(0.1, 0.2)}))
+    base = trend(0.12, 0.05)[0] | {"defense": "finetune"}
+    assert "finetune +12.0 ± 5.0 (p = 0.01)" in "\n".join(scale_section(noisy | {"trend": [*trend(0.1, 0.05), base]}))
     # ASR@95 may fall only because the attack itself weakens with size: removal decides
     assert "contradicts" in "\n".join(scale_section(noisy | {"trend": trend(-0.1, 0.05, asr=-0.2)}))
     # a rung that never learned the task is shown but is not evidence about the trend
