@@ -347,6 +347,11 @@ def run_budget(store: Store, cells: Sequence[dict], multipliers: Sequence[float]
 MIN_VICTIM_CA = 0.5
 
 
+def learned(bd_ca: float | None) -> bool:
+    """Whether a rung's backdoored model learned the attacked task (unknown counts as yes)."""
+    return bd_ca is None or not finite(bd_ca) or bd_ca >= MIN_VICTIM_CA
+
+
 def rung_params(model: str, model_params: dict) -> dict[str, int] | None:
     """Image-tower and total parameter counts of a registered clip model, if it can say."""
     from bench.registry import MODELS
@@ -403,15 +408,14 @@ def scale_trend(records: Sequence[dict], rows: Sequence[dict],
     df = tables.records_frame(list(records))
     if df.empty:
         return []
-    learned = {r["model"]: r["visual_params"] for r in rows if r.get("visual_params")
-               and (r.get("bd_ca") is None or not finite(r["bd_ca"]) or r["bd_ca"] >= MIN_VICTIM_CA)}  # fmt: skip
-    took = df[(df["attack"] != "none") & df["took"] & df["model"].isin(list(learned))]
+    sizes = {r["model"]: r["visual_params"] for r in rows if r.get("visual_params") and learned(r.get("bd_ca"))}
+    took = df[(df["attack"] != "none") & df["took"] & df["model"].isin(list(sizes))]
     out = []
     for defense in defenses:
         grp = took[took["defense"] == defense]
         if grp.empty:
             continue
-        x = [math.log10(learned[m]) for m in grp["model"]]
+        x = [math.log10(sizes[m]) for m in grp["model"]]
         row = {"defense": defense, "rungs": int(grp["model"].nunique())}
         removal = (1 - grp["asr_r95"] / grp["bd_asr"]).tolist()
         for key, y in (("asr_r95", grp["asr_r95"].tolist()), ("removal_r95", removal), ("bd_asr", grp["bd_asr"].tolist())):

@@ -258,11 +258,11 @@ def scale(result: dict) -> bytes:
     ax.set_title("xi(1, 1): 0 disentangled, 2 entangled", fontsize=9)
     ax.set_xlabel("image-tower parameters")
     ax.grid(alpha=0.3)
-    from bench.analysis import MIN_VICTIM_CA
+    from bench.analysis import MIN_VICTIM_CA, learned
 
     # rungs whose victim never learned the task are no evidence (bench report leaves them
     # out of the trend): shade them so the eye does not read them as the ladder's low end
-    unlearned = sorted({r["visual_params"] for r in rows if (r.get("bd_ca") or 1.0) < MIN_VICTIM_CA})
+    unlearned = sorted({r["visual_params"] for r in rows if not learned(r.get("bd_ca"))})
     for a in flat:
         for x in unlearned:
             a.axvspan(x / 1.25, x * 1.25, color="0.85", zorder=0)

@@ -223,8 +223,7 @@ def _overlap(a: dict, b: dict, key: str) -> bool | None:
 
 
 def _learned(row: dict) -> bool:
-    ca = row.get("bd_ca")
-    return ca is None or not analysis.finite(ca) or ca >= analysis.MIN_VICTIM_CA
+    return analysis.learned(row.get("bd_ca"))
 
 
 def scale_sections(results: Sequence[dict]) -> list[str]:

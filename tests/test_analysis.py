@@ -213,3 +213,31 @@ def test_report_disentanglement_over_seeds_separates_bias_from_trigger():
     text = "\n".join(disentanglement_over_seeds([one(0, 0.04), one(1, 0.06)]))
     assert "| tiny-clip | blended/mix | 2 | 0.30 ± 0.00 |" in text
     assert "5.0 ± 12.7 | 90.0 ± 0.0 |" in text  # mean of 4% and 6%; t(0.975, 1) * 1.41 / sqrt(2)
+
+
+def test_scale_trend_fits_removal_over_every_row_of_the_learned_rungs():
+    import math
+
+    from bench.analysis import scale_trend
+
+    def rec(model, defense, seed, asr95, bd_asr, bd_ca=0.9):
+        return {"status": "ok", "trial_id": f"{model}-{defense}-{seed}",
+                "config": {"model": model, "dataset": "scenes", "setting": "finetune", "attack": "blended",
+                           "defense": defense, "seed": seed},
+                "metrics": {"ca": 0.8, "asr": asr95, "backdoored": {"ca": bd_ca, "asr": bd_asr}},
+                "matched": {"0.95": {"asr": asr95, "ca": 0.8}}}  # fmt: skip
+
+    pts = [("s", 0, 0.6, 0.8), ("s", 1, 0.4, 0.8), ("l", 0, 0.1, 1.0), ("l", 1, 0.0, 0.9)]
+    records = [rec(m, "tbar", seed, a, b) for m, seed, a, b in pts]
+    records += [rec("xs", "tbar", 0, 0.99, 0.99, bd_ca=0.2),  # a rung that never learned the task
+                rec("l", "tbar", 2, 0.3, 0.3)]  # an attack that did not take  # fmt: skip
+    rows = [{"model": "s", "visual_params": 1e5, "bd_ca": 0.9}, {"model": "l", "visual_params": 1e6, "bd_ca": 0.9},
+            {"model": "xs", "visual_params": 1e4, "bd_ca": 0.2}]  # fmt: skip
+    (t,) = scale_trend(records, rows)
+    assert t["defense"] == "tbar" and t["n"] == 4 and t["rungs"] == 2
+    x = [5.0, 5.0, 6.0, 6.0]
+    for key, y in (("asr_r95", [a for *_, a, _ in pts]), ("removal_r95", [1 - a / b for *_, a, b in pts]),
+                   ("bd_asr", [b for *_, b in pts])):  # fmt: skip
+        ybar = sum(y) / 4
+        by_hand = sum((xi - 5.5) * (yi - ybar) for xi, yi in zip(x, y, strict=True)) / 1.0  # sum((x - 5.5)^2) = 1
+        assert math.isclose(t[f"{key}_slope"], by_hand, abs_tol=1e-12), key
