@@ -45,6 +45,7 @@ def test_list_reads_the_registries(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.ray  # the default executor
 def test_run_end_to_end_then_rerun_computes_nothing(tmp_path):
     suite = tmp_path / "e2e.yaml"
     suite.write_text(SUITE)

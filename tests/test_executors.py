@@ -53,7 +53,7 @@ def _records(root: Path) -> dict[str, bytes]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("executor", ["serial", "ray"])
+@pytest.mark.parametrize("executor", ["serial", pytest.param("ray", marks=pytest.mark.ray)])
 def test_sigkill_then_rerun_computes_only_the_missing_trials(tmp_path, executor):
     """Kill the whole run (its process group: the driver and, for Ray, every Ray process
     it started) mid-grid; the rerun leaves every complete record byte-for-byte alone,
@@ -62,11 +62,9 @@ def test_sigkill_then_rerun_computes_only_the_missing_trials(tmp_path, executor)
         _cmd(tmp_path, "--executor", executor), env=_env(), start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    deadline = time.time() + 300
     records = tmp_path / "res" / "records"
     while not records.exists() or len(list(records.glob("*.json"))) < 2:
         assert proc.poll() is None, "the run ended before it could be killed"
-        assert time.time() < deadline
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -119,6 +117,7 @@ def test_two_processes_on_one_root_compute_each_trial_once(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_ray_executor_gives_the_serial_numbers_and_records_failures(tmp_path):
     from bench.ray_grid import RayOptions, run_ray
 
@@ -172,6 +171,7 @@ def test_a_failed_attack_fails_its_trials_once_without_retrying(tmp_path, monkey
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_trials_land_on_both_nodes_of_a_two_node_cluster(tmp_path):
     from ray.cluster_utils import Cluster
 

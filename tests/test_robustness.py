@@ -142,7 +142,7 @@ if _root:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("executor", ["serial", "ray"])
+@pytest.mark.parametrize("executor", ["serial", pytest.param("ray", marks=pytest.mark.ray)])
 def test_a_full_disk_stops_the_grid_with_one_line_and_a_rerun_resumes(tmp_path, executor):
     hook = tmp_path / "hook"
     hook.mkdir()
@@ -294,6 +294,7 @@ def test_altered_or_truncated_weights_are_quarantined_and_rebuilt(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_serial_and_ray_build_byte_identical_artifacts(tmp_path):
     """Same artifact id, same bytes: the serial executor (which used every core) and Ray
     (one thread per trial) used to build different weights under one id."""
