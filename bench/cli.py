@@ -79,7 +79,7 @@ def _list_plugins() -> int:
     plugins = plugin_status()
     if not plugins:
         out.print("no plugins installed (entry points in groups bench.attacks, bench.defenses, bench.datasets, "
-                  "bench.models; see the README's 'Writing a plugin')")  # fmt: skip
+                  "bench.models; see docs/plugins.md)")  # fmt: skip
         return 0
     table = Table("plugin", "package", "entry point", "status", "registered")
     for p in plugins:
@@ -180,35 +180,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"suite [bold]{suite.name}[/]: {len(plan.artifacts)} attack artifacts, {len(plan.trials)} trials "
         f"-> {store} ({args.executor} executor)"
     )
-    with Progress(
-        TextColumn("[bold]{task.fields[label]}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[status]}"),
-        console=console,
-        transient=False,
-    ) as bar:
-        task = bar.add_task("grid", total=len(plan.trials), label="trials", status="")
+    from bench.progress import RunDisplay
 
-        def start(label: str) -> None:
-            bar.update(task, label=label, status="")
-
-        def end(record: dict, reused: bool) -> None:
-            c = record["config"]
-            tag = "reused" if reused else record["status"]
-            bar.console.print(
-                f"  {tag:>6}  {c['model']}/{c['dataset']}/{c['setting']}/{c['attack']}/{c['defense']}/seed{c['seed']}",
-                highlight=False,
-            )
-            bar.advance(task)
-
+    with RunDisplay(console) as display:
+        events = Events(display.start, display.record, display.progress, display.plan, display.unit_end)
         if ray_opts is None:
-            summary = run_serial(plan, store, start, end, progress=lambda m: bar.update(task, status=m))
+            summary = run_serial(plan, store, events=events)
         else:
             from bench.ray_grid import run_ray
 
-            summary = run_ray(plan, store, ray_opts, Events(start, end))
+            summary = run_ray(plan, store, ray_opts, events)
     if args.summary_json:
         from bench.store import atomic_write_json
 
@@ -306,7 +287,6 @@ def _check_leaderboard(args: argparse.Namespace) -> int:
     import tempfile
 
     import pandas as pd
-
 
     suite = load_suite(args.suite)
     committed_path = Path(args.leaderboards) / f"{suite.name}.csv"
@@ -488,7 +468,9 @@ def _analyze_budget(args, store, suite, out: Path, start: float) -> int:
     from bench.store import atomic_write_bytes
 
     budgets = args.budgets  # a list of numbers > 0 (bench/cli_args.py)
-    plan = plan_grid(suite, Selection(attacks=args.attacks, defenses="none", settings=args.settings, seeds=str(args.seed)))
+    plan = plan_grid(
+        suite, Selection(attacks=args.attacks, defenses="none", settings=args.settings, seeds=str(args.seed))
+    )
     cells = [a for a in plan.artifacts if a["attack"] != "none"]
     result = analysis.run_budget(store, cells, budgets, progress=lambda m: console.print(m, highlight=False))
     # one file per (suite, settings, seed), so the settings can run as separate processes
@@ -504,7 +486,8 @@ def _analyze_budget(args, store, suite, out: Path, start: float) -> int:
     for r in result["rows"]:
         console.print(
             f"  {r['setting']}/{r['attack']} {r['budget_x']}x ({r['epochs']:g} epochs): "
-            f"ASR {100 * (r['asr'] or 0):.1f}%, CA {100 * r['ca']:.1f}%", highlight=False
+            f"ASR {100 * (r['asr'] or 0):.1f}%, CA {100 * r['ca']:.1f}%",
+            highlight=False,
         )
     console.print(f"  -> {out / stem}.png, .csv in {time.perf_counter() - start:.0f} s")
     return 0
@@ -530,9 +513,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     import dataclasses
+    import shutil
 
-    from bench.pretrain import checkpoint_path, get_pretrained
+    from bench.pretrain import SHIPPED_DIR, checkpoint_path, get_pretrained, shipped_path
     from bench.registry import MODELS
+    from bench.store import file_digest
 
     params_cls = getattr(MODELS.get(args.model), "Params", None)
     if params_cls is None or not hasattr(params_cls, "pretrain_config"):
@@ -541,6 +526,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if args.steps is not None:
         params = dataclasses.replace(params, pretrain_steps=args.steps)
     cfg = params.pretrain_config()
+    shipped = shipped_path(cfg)
+    if args.check_shipped and shipped is None:
+        raise ConfigError(f"--check-shipped: no checkpoint of --model {args.model} with these settings is shipped")
     _threads()
     with Progress(
         TextColumn(f"pre-training {args.model}"),
@@ -552,9 +540,27 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     ) as bar:
         task = bar.add_task("pretrain", total=cfg.steps, loss="")
         _, info = get_pretrained(
-            cfg, on_step=lambda s, loss: bar.update(task, completed=s + 1, loss=f"loss {loss:.3f}"), force=args.force
+            cfg,
+            on_step=lambda s, loss: bar.update(task, completed=s + 1, loss=f"loss {loss:.3f}"),
+            force=args.force or args.check_shipped,
+            on_stage=lambda source: bar.update(task, loss=source),
         )
-    out.print_json(data={"checkpoint": str(checkpoint_path(cfg)) + ".safetensors", **info})
+    built = checkpoint_path(cfg).with_suffix(".safetensors")
+    out.print_json(data={"checkpoint": str(built), **info})
+    if args.ship:
+        SHIPPED_DIR.mkdir(exist_ok=True)
+        for suffix in (".safetensors", ".json"):
+            shutil.copyfile(checkpoint_path(cfg).with_suffix(suffix), (SHIPPED_DIR / built.stem).with_suffix(suffix))
+        console.print(f"shipped: {SHIPPED_DIR / built.name} (sha256 {file_digest(built)})", highlight=False)
+    if args.check_shipped:
+        want, got = file_digest(shipped.with_suffix(".safetensors")), file_digest(built)
+        same = want == got
+        console.print(
+            f"{'identical' if same else 'DIFFERENT'}: rebuilt sha256 {got}, shipped {want} "
+            f"({shipped.with_suffix('.safetensors')})",
+            highlight=False,
+        )
+        return 0 if same else 1
     return 0
 
 

@@ -405,5 +405,15 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:
     pt.add_argument("--model", default="tiny-clip", help="a clip model pre-trained here (bench list models)")
     pt.add_argument("--steps", type=positive_int, help="pre-training steps (default: the model's)")
     pt.add_argument("--seed", type=nonneg_int, default=0, help="pre-training seed")
-    pt.add_argument("--force", action="store_true", help="train even if the cache has it")
+    pt.add_argument("--force", action="store_true", help="train even if the cache or the package has it")
+    shipped = pt.add_mutually_exclusive_group()
+    shipped.add_argument(
+        "--check-shipped",
+        action="store_true",
+        help="train it again from scratch and exit 1 unless the weights are byte for byte the file shipped in "
+        "bench/weights/",
+    )
+    shipped.add_argument(
+        "--ship", action="store_true", help="copy the checkpoint into bench/weights/ (for a maintainer; commit it)"
+    )
     return p

@@ -16,7 +16,7 @@ from bench import runtime
 from bench.config import ConfigError, SuiteConfig, from_dict, to_dict
 from bench.inputs import config_inputs
 from bench.registry import ATTACKS, DATASETS, DEFENSES, MODELS, SETTINGS
-from bench.store import Store, StoreWriteError
+from bench.store import Store, StoreWriteError, canonical_json
 from bench.trial import artifact_id, check_cell, failed_record, run_attack, run_defense_counted, trial_id
 
 
@@ -69,8 +69,12 @@ def model_setting_pairs(models: list[str], settings: list[str], plan: Plan) -> s
         fits = [s for s in settings if SETTINGS.get(s)().check_model(model) is None]
         pairs |= {(model, s) for s in fits}
         if not fits:
-            reason = SETTINGS.get(settings[0])().check_model(model) if len(settings) == 1 else (
-                f"model {model!r} ({MODELS.entry(model).extra.get('kind')}) fits none of the settings {', '.join(settings)}"
+            reason = (
+                SETTINGS.get(settings[0])().check_model(model)
+                if len(settings) == 1
+                else (
+                    f"model {model!r} ({MODELS.entry(model).extra.get('kind')}) fits none of the settings {', '.join(settings)}"
+                )
             )
             plan.skipped.append((model, reason))
     return pairs
@@ -221,11 +225,17 @@ def dry_run(plan: Plan, store: Store) -> tuple[list[tuple[str, str]], list[tuple
 
 @dataclass
 class Events:
-    """How an executor reports: a unit starting, a record landing, a progress line."""
+    """How an executor reports: what it will compute, a unit starting, an artifact built,
+    a record landing, a progress line."""
 
     on_start: Callable[[str], None] = lambda label: None
     on_record: Callable[[dict, bool], None] = lambda record, reused: None
     progress: Callable[[str], None] = lambda msg: None
+    on_plan: Callable[[int, int, int], None] = lambda artifacts, trials, reused: None
+    on_unit_end: Callable[[str], None] = lambda label: None
+
+    def plan(self, work: Work) -> None:
+        self.on_plan(len(set(work.artifacts) - work.built), work.n_trials, len(work.reused))
 
 
 @dataclass
@@ -274,22 +284,43 @@ def artifact_label(acfg: dict) -> str:
     return f"{acfg['model']}/{acfg['dataset']}/{acfg['setting']}/{acfg['attack']}/seed{acfg['seed']}"
 
 
+def prepare_victims(work: Work, progress: Callable[[str], None]) -> None:
+    """Before any unit: the CLIPs pre-trained here that the artifacts to build start from,
+    loaded from the cache or the package, or pre-trained once now. Done in the driver so
+    that its steps show whichever executor runs the units; they then load it from the cache."""
+    from bench import settings
+
+    seen = set()
+    for aid, acfg in work.artifacts.items():
+        key = (acfg["model"], canonical_json(acfg["model_params"]))
+        if aid in work.built or key in seen or not hasattr(MODELS.get(acfg["model"]).Params, "pretrain_config"):
+            continue
+        seen.add(key)
+        try:
+            settings.pretrained_clip(acfg["model"], acfg["model_params"], progress)
+        except Exception as e:  # the artifact's own unit meets it again and records it against its trials
+            progress(f"{acfg['model']}: could not prepare the victim ({type(e).__name__}: {e})")
+
+
 def run_serial(
     plan: Plan,
     store: Store,
     on_trial_start: Callable[[str], None] = lambda label: None,
     on_trial_end: Callable[[dict, bool], None] = lambda rec, reused: None,
     progress: Callable[[str], None] = lambda msg: None,
+    events: Events | None = None,
 ) -> RunSummary:
     """Everything in this process, one unit at a time: for debugging, and the reference
     the Ray executor is compared with. Each artifact is built just before its trials."""
-    events = Events(on_trial_start, on_trial_end, progress)
+    events = events or Events(on_trial_start, on_trial_end, progress)
     start = time.perf_counter()
     work = prepare_work(plan, store)
     summary = RunSummary(corrupt=work.corrupt)
+    events.plan(work)
     for rec in work.reused:
         summary.land(rec, False, events)
     try:
+        prepare_victims(work, events.progress)
         _serial_units(work, store, summary, events)
     except StoreWriteError as e:  # a full or failing disk: stop here, what landed stays
         summary.aborted = str(e)
@@ -303,6 +334,7 @@ def _serial_units(work: Work, store: Store, summary: RunSummary, events: Events)
             events.on_start(f"attack {artifact_label(work.artifacts[aid])}")
             result = attack_unit(work.artifacts[aid], store, events.progress)
             summary.compute_s += result["compute_s"]
+            events.on_unit_end(f"attack {artifact_label(work.artifacts[aid])}")
             if not result["ok"]:
                 for tcfg in tcfgs:
                     summary.land(dependent_failure(tcfg, result, store), True, events)

@@ -1,7 +1,15 @@
-"""Pre-training of `tiny-clip` on the built-in captioned corpus, cached by config hash.
+"""Pre-training of `tiny-clip` (and the ladder rungs) on the built-in captioned corpus,
+cached by config hash.
 
-`bench pretrain` reproduces the checkpoint; `get_pretrained` returns the cached one,
-training it first when the cache lacks it.
+A pre-trained CLIP is released in half precision, as OpenAI's CLIP weights are: the
+trained weights are rounded to float16 and that is the victim, whether it was trained on
+this machine or shipped with the package. So a checkpoint in `bench/weights/`, named by the
+same config hash as the cache, is byte for byte what `bench pretrain` builds (checked by
+`bench pretrain --check-shipped`), and a cold machine loads it instead of pre-training.
+A changed corpus generator or architecture changes the hash, so a stale shipped file is
+never found for the new config: that config is pre-trained here as before.
+
+`get_pretrained` returns the cached checkpoint, else the shipped one, else trains it.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,6 +35,8 @@ from bench.train import TrainSpec, train
 log = logging.getLogger(__name__)
 
 ZERO_SHOT_SETS = ("shapes", "scenes", "colors", "digits")
+# Checkpoints shipped with the package: <name>-<config hash>.{safetensors,json}, as in the cache.
+SHIPPED_DIR = Path(__file__).parent / "weights"
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,8 @@ class PretrainConfig:
     scene_share: float = 0.5
     seed: int = 0
     arch: ClipArch = field(default_factory=ClipArch)
+    # The released precision: the trained weights are rounded to it (see the module doc).
+    weights_dtype: str = "float16"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -140,6 +153,7 @@ def pretrain(cfg: PretrainConfig, on_step: Callable[[int, float], None] | None =
     )
     stats = train(model, _loss, CaptionStream(cfg), spec, on_step=on_step)
     model.eval()
+    round_weights(model, cfg.weights_dtype)
     accs = {name: zero_shot_accuracy(model, name) for name in ZERO_SHOT_SETS}
     return model, {
         "steps": stats.steps,
@@ -149,32 +163,78 @@ def pretrain(cfg: PretrainConfig, on_step: Callable[[int, float], None] | None =
     }
 
 
-def checkpoint_path(cfg: PretrainConfig):
-    return cache_dir() / "models" / f"tiny-clip-{config_hash(cfg.to_dict())}"
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
-def get_pretrained(cfg: PretrainConfig = PretrainConfig(), on_step=None, force: bool = False):
-    """The pre-trained CLIP for `cfg`, from the cache or trained now. Returns (model, info)."""
+@torch.no_grad()
+def round_weights(model: torch.nn.Module, dtype: str) -> None:
+    """Round every floating-point tensor of `model` (parameters and buffers) to `dtype`
+    in place, keeping float32 storage: the model then computes what the released file
+    gives when it is loaded into a float32 model."""
+    for t in model.state_dict().values():
+        if t.is_floating_point():
+            t.copy_(t.to(DTYPES[dtype]))
+
+
+def checkpoint_name(cfg: PretrainConfig) -> str:
+    return f"tiny-clip-{config_hash(cfg.to_dict())}"
+
+
+def checkpoint_path(cfg: PretrainConfig) -> Path:
+    return cache_dir() / "models" / checkpoint_name(cfg)
+
+
+def shipped_path(cfg: PretrainConfig) -> Path | None:
+    """The shipped checkpoint for `cfg` (without suffix), or None when none is shipped."""
+    stem = SHIPPED_DIR / checkpoint_name(cfg)
+    return stem if stem.with_suffix(".json").exists() and stem.with_suffix(".safetensors").exists() else None
+
+
+def _save(model, path: Path, cfg: PretrainConfig, info: dict) -> None:
+    """The checkpoint in its released precision (a float16 file is half the bytes)."""
+    import copy
+
+    released = copy.deepcopy(model).to(DTYPES[cfg.weights_dtype])
+    meta = {"arch": "open_clip.CLIP", "name": "tiny-clip", "pretrain": cfg.to_dict(), "info": info}
+    save_weights(released, path, meta)
+
+
+def get_pretrained(cfg: PretrainConfig = PretrainConfig(), on_step=None, force: bool = False, on_stage=None):
+    """The pre-trained CLIP for `cfg`: from the cache, else shipped with the package, else
+    trained now (and cached). Returns (model, info). `force` trains it again whatever
+    exists. `on_stage(text)` hears which of the three it is."""
     path = checkpoint_path(cfg)
     model = build_clip(cfg.arch)
     # Concurrent trials needing the same checkpoint: one trains, the others wait and load.
     with file_lock(path.with_suffix(".lock")):
         # The sidecar is written last, so it marks a complete checkpoint.
-        if not force and path.with_suffix(".safetensors").exists() and path.with_suffix(".json").exists():
+        shipped = shipped_path(cfg)
+        for stem, source in ((path, "cached weights"), (shipped, "shipped weights")):
+            if (
+                force
+                or stem is None
+                or not (stem.with_suffix(".safetensors").exists() and stem.with_suffix(".json").exists())
+            ):
+                continue
             try:
-                meta = load_weights(model, path)
+                meta = load_weights(model, stem)  # verifies the file's SHA-256 against its sidecar
                 model.eval()
+                if on_stage:
+                    on_stage(source)
                 return model, meta["info"]
-            except CorruptCheckpointError as e:  # altered or truncated: set aside and train again
+            except CorruptCheckpointError as e:  # altered or truncated
+                if stem == shipped:
+                    raise  # a damaged package: never silently train something else in its place
                 quarantine(
                     [path.with_suffix(".json"), path.with_suffix(".safetensors")],
                     path.parent / "quarantine",
                     str(e),
                 )
+        if on_stage:
+            on_stage("pre-training")
         t0 = time.perf_counter()
         with fixed_threads():  # the same bytes whether a grid unit or `bench pretrain` trains it
             model, info = pretrain(cfg, on_step=on_step)
         info["total_s"] = round(time.perf_counter() - t0, 1)
-        meta = {"arch": "open_clip.CLIP", "name": "tiny-clip", "pretrain": cfg.to_dict(), "info": info}
-        save_weights(model, path, meta)
+        _save(model, path, cfg, info)
         return model, info

@@ -32,6 +32,7 @@ from bench.grid import (
     attack_unit,
     defense_unit,
     dependent_failure,
+    prepare_victims,
     prepare_work,
     trial_label,
 )
@@ -317,12 +318,14 @@ def run_ray(plan: Plan, store: Store, opts: RayOptions, events: Events = Events(
     start = time.perf_counter()
     work = prepare_work(plan, store)
     summary = RunSummary(corrupt=work.corrupt, executor="ray")
+    events.plan(work)
     for rec in work.reused:
         summary.land(rec, False, events)
     if not work.trials:
         summary.wall_s = time.perf_counter() - start
         return summary
 
+    prepare_victims(work, events.progress)  # before Ray starts: its steps show here, workers load it
     sweep_tune_dirs(store)
     started = _init_ray(opts)
     storage = _tune_dir(store)
@@ -368,6 +371,7 @@ def run_ray(plan: Plan, store: Store, opts: RayOptions, events: Events = Events(
                 sink.aborted = sink.aborted or result["storage_error"]
                 return
             if unit["stage"] == 1:
+                events.on_unit_end(unit["label"])
                 if crash or not result.get("ok"):
                     error = {
                         "error": result.get("error") or f"worker crashed: {crash}",

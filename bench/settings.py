@@ -36,7 +36,7 @@ class VictimTraining:
     work (Ilharco et al. 2023, "Editing models with task arithmetic", which TBAR builds
     on): AdamW, weight decay 0.1, linear warmup then cosine decay. The learning rate and
     length are scaled to an 8M-parameter CLIP pre-trained at lr 2e-3 (the recipe's 1e-5
-    is for ViT-B pre-trained at 5e-4); README, "Attack training regimes", lists the
+    is for ViT-B pre-trained at 5e-4); docs/world.md, "Threat settings and attack training regimes", lists the
     measurements behind them.
     """
 
@@ -89,9 +89,13 @@ def pretrained_clip(model: str, overrides: dict | None, progress=None):
 
         def on_step(step: int, loss: float) -> None:
             if progress is not None and step % 10 == 0:
-                progress(f"pre-training {model} (once, then cached) {step}/{total} loss {loss:.3f}")
+                progress(f"pre-training {model} (once, then cached) step {step}/{total} loss {loss:.3f}")
 
-        clip, _info = MODELS.get(model).load(steps, on_step=on_step)
+        def on_stage(source: str) -> None:
+            if progress is not None:
+                progress(f"{model}: {source}")
+
+        clip, _info = MODELS.get(model).load(steps, on_step=on_step, on_stage=on_stage)
         _CLIPS[key] = clip
     return _CLIPS[key]
 
@@ -252,7 +256,7 @@ class ScratchTraining(VictimTraining):
     regime (config/attack/prototype/cifar10.yaml: batch 128, weight decay 5e-4,
     CosineAnnealingLR over the run, RandomCrop(32, padding=4) and RandomHorizontalFlip
     after poisoning; 100 epochs of SGD at lr 0.01). Three deviations, each measured on
-    scenes with tiny-resnet (README, "Attack training regimes"): AdamW at lr 3e-3
+    scenes with tiny-resnet (docs/world.md, "Threat settings and attack training regimes"): AdamW at lr 3e-3
     instead of SGD at 0.01, which does not train a 0.33M-parameter network (13.8% CA
     after 20 epochs; SGD at 0.1: 31% after 10); 30 epochs instead of 100 (CA has
     plateaued by epoch 27); crop padding 2 instead of 4 (with 4, BadNets reaches 5% ASR
@@ -351,6 +355,7 @@ class ContrastiveSetting(Setting):
 
     def attack_training_set(self, dataset, attack, acfg):
         from bench.config import from_dict
+
         params = from_dict(self.Params, acfg["setting_params"], "setting_params.contrastive")
         build = DATASETS.entry(dataset.name).extra["caption_corpus"]
         images, labels_np, captions = build(params.corpus_size, acfg["seed"])

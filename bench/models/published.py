@@ -174,7 +174,9 @@ def _register(name: str, description: str) -> None:
         Params = OpenClipParams
 
         @staticmethod
-        def load(params: OpenClipParams, on_step=None):
+        def load(params: OpenClipParams, on_step=None, on_stage=None):
+            if on_stage:
+                on_stage("loading open_clip weights")
             return load_open_clip(name, params)
 
         @staticmethod
@@ -233,7 +235,9 @@ def _loader(arch: str, params_cls: type) -> type:
         Params = params_cls
 
         @staticmethod
-        def load(params: OpenClipParams, on_step=None):
+        def load(params: OpenClipParams, on_step=None, on_stage=None):
+            if on_stage:
+                on_stage("loading open_clip weights")
             return load_open_clip(arch, params)
 
         @staticmethod

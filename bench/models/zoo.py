@@ -36,6 +36,8 @@ class TinyClipParams:
     vision: str = ClipArch.vision
     vision_width: int = ClipArch.vision_width
     vit_layers: int = ClipArch.vit_layers
+    # the released precision of the pre-trained weights (bench/pretrain.py): float16, as OpenAI ships CLIP
+    weights_dtype: Literal["float16", "bfloat16", "float32"] = PretrainConfig.weights_dtype
 
     def arch(self) -> ClipArch:
         return ClipArch(vision=self.vision, vision_width=self.vision_width, vit_layers=self.vit_layers)
@@ -54,6 +56,7 @@ class TinyClipParams:
             n_scenes=self.pretrain_scenes,
             scene_share=self.pretrain_scene_share,
             arch=self.arch(),
+            weights_dtype=self.weights_dtype,
         )
 
 
@@ -62,7 +65,10 @@ def param_counts(arch: ClipArch) -> dict[str, int]:
     from bench.models.clip import build_clip
 
     model = build_clip(arch)
-    return {"visual": sum(p.numel() for p in model.visual.parameters()), "total": sum(p.numel() for p in model.parameters())}
+    return {
+        "visual": sum(p.numel() for p in model.visual.parameters()),
+        "total": sum(p.numel() for p in model.parameters()),
+    }
 
 
 @MODELS.register(
@@ -76,9 +82,9 @@ class TinyClip:
     Params = TinyClipParams
 
     @staticmethod
-    def load(params: TinyClipParams, on_step=None):
-        """(open_clip CLIP, pre-training info); trains and caches it on first use."""
-        return get_pretrained(params.pretrain_config(), on_step=on_step)
+    def load(params: TinyClipParams, on_step=None, on_stage=None):
+        """(open_clip CLIP, pre-training info): cached, shipped, or trained and cached on first use."""
+        return get_pretrained(params.pretrain_config(), on_step=on_step, on_stage=on_stage)
 
 
 class Normalized(nn.Module):
