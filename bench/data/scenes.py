@@ -39,7 +39,7 @@ HUE_NAMES = ("red", "orange", "yellow", "green", "cyan", "blue", "purple", "pink
 class SceneStyle:
     """Difficulty knobs. The defaults were chosen so that the clean reference is
     neither saturated nor hopeless for tiny-clip and the supervised classifier (CA in
-    the 80-95% band the micro suite needs); see the README's data section."""
+    the 80-95% band the micro suite needs); see docs/world.md."""
 
     main_radius: tuple[float, float] = (9.0, 12.5)
     max_rotation_deg: float = 35.0

@@ -28,8 +28,8 @@ class ClipArch:
     timm ResNet whose first convolution has stride 2 and no max-pool (16x16 first stage):
     with it BadNets reaches 85% after 12 epochs, but the pre-trained tower generalises
     worse (zero-shot scenes 64% vs 80%, fine-tuned clean CA 68% vs 83%), below the 80%
-    the micro suite needs; it stays available as an option (README, "Attack training
-    regimes")."""
+    the micro suite needs; it stays available as an option (docs/world.md, "Threat
+    settings and attack training regimes")."""
 
     vision: str = "modified-resnet"  # or "half-resnet", "vit"
     vision_channels: tuple[int, int, int, int] = (16, 64, 128, 256)  # half-resnet stages
