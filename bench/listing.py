@@ -23,7 +23,13 @@ def _with_params(entry, description: str) -> str:
     if count is None:
         return description
     c = count()
-    return f"{description} [image tower {c['visual'] / 1e6:.2f}M of {c['total'] / 1e6:.2f}M params]"
+    shipped = ""
+    params = getattr(entry.obj, "Params", None)
+    if params is not None and hasattr(params, "pretrain_config"):
+        from bench.pretrain import shipped_path
+
+        shipped = "; weights shipped" if shipped_path(params().pretrain_config()) else "; pre-trained on first use"
+    return f"{description} [image tower {c['visual'] / 1e6:.2f}M of {c['total'] / 1e6:.2f}M params{shipped}]"
 
 
 def model_rows(pattern: str | None) -> list[tuple[str, str, str]]:
