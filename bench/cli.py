@@ -228,7 +228,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # (an object-store root has no local folder of its own: there, ./leaderboards)
     default_dir = Path("." if store.remote else store.root) / "leaderboards"
     out_dir = Path(args.leaderboards) if args.leaderboards else default_dir
-    paths = leaderboard.write(records, suite.name, out_dir, store)
+    paths = leaderboard.write(records, suite.name, out_dir, store, suite_cfg=suite, suite_ref=args.suite)
     sys.stdout.write(Path(paths["markdown"]).read_text())
     console.print("leaderboard: " + ", ".join(str(p) for p in paths.values()))
     for label, err in summary.failed:
@@ -270,52 +270,67 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
     require_results(args.results)
     store = Store(args.results)
-    records = leaderboard.select_records(store.records(), args.suite)
+    suite = load_suite(args.suite)  # by name or file: records carry the suite's name
+    records = leaderboard.select_records(store.records(), suite.name)
     if not records:
-        console.print(f"[red]no records[/] for suite {args.suite!r} under {store}")
+        console.print(f"[red]no records[/] for suite {suite.name!r} under {store}")
         return 1
-    paths = leaderboard.write(records, args.suite, Path(args.leaderboards), store)
+    paths = leaderboard.write(records, suite.name, Path(args.leaderboards), store, suite_cfg=suite, suite_ref=args.suite)
     sys.stdout.write(Path(paths["markdown"]).read_text())
     console.print("leaderboard: " + ", ".join(str(p) for p in paths.values()))
     return 0
 
 
 def _check_leaderboard(args: argparse.Namespace) -> int:
-    """Rerun the suite from scratch in a temporary storage root and compare its table with
-    the committed `<leaderboards>/<suite>.csv`. Nothing under --leaderboards is written."""
-    import io
+    """Rerun exactly the grid that made the committed page (the commands derived from its
+    rows, bench/check.py) in a temporary storage root, and compare every (cell, seed,
+    defense) value with the committed `<leaderboards>/<suite>-rows.csv`, exactly. Nothing
+    under --leaderboards is written."""
     import tempfile
 
-    import pandas as pd
+    from bench import check, leaderboard, tables
+    from bench.grid import Events, run_serial
+    from bench.progress import RunDisplay
+    from bench.store import Store
 
     suite = load_suite(args.suite)
-    committed_path = Path(args.leaderboards) / f"{suite.name}.csv"
+    committed_path = Path(args.leaderboards) / f"{suite.name}-rows.csv"
     if not committed_path.exists():
-        console.print(f"bench: error: {committed_path} does not exist; generate it with bench run --suite {suite.name}")
+        console.print(f"bench: error: {committed_path} does not exist; generate it with bench run --suite {args.suite} "
+                      f"--leaderboards {args.leaderboards}")  # fmt: skip
         return 2
+    committed = check.read_rows(committed_path.read_text())
+    selections = check.page_selections(committed, suite)
+    plan = check.union_plan(suite, selections)
+    console.print(f"check: rerunning the page's {len(selections)} command(s), {len(plan.trials)} trials:")
+    for sel in selections:
+        console.print(f"  {sel.command(args.suite)}", highlight=False, soft_wrap=True)
     with tempfile.TemporaryDirectory(prefix="bench-check-") as tmp:
-        run_args = build_parser().parse_args(
-            ["run", "--suite", args.suite, "--results", str(Path(tmp) / "results"),
-             "--leaderboards", str(Path(tmp) / "leaderboards"), "--executor", args.executor]
-        )  # fmt: skip
-        rc = cmd_run(run_args)
-        if rc != 0:
-            console.print(f"[red]check failed[/]: the rerun of suite {suite.name!r} exited with {rc}")
-            return 1
-        fresh = (Path(tmp) / "leaderboards" / f"{suite.name}.csv").read_text()
-    from bench.check import compare
+        store = Store(Path(tmp) / "results")
+        with RunDisplay(console) as display:
+            events = Events(display.start, display.record, display.progress, display.plan, display.unit_end)
+            if args.executor == "serial":
+                _threads()
+                summary = run_serial(plan, store, events=events)
+            else:
+                from bench.ray_grid import RayOptions, run_ray
 
-    problems = compare(pd.read_csv(committed_path), pd.read_csv(io.StringIO(fresh)), args.tolerance)
+                summary = run_ray(plan, store, RayOptions(), events)
+        if summary.aborted or summary.failed:
+            console.print(f"[red]check failed[/]: the rerun of suite {suite.name!r} did not complete "
+                          f"({summary.aborted or f'{len(summary.failed)} failed trials'})")  # fmt: skip
+            return 1
+        records = leaderboard.select_records(store.records(), suite.name)
+        fresh = check.read_rows(check.rows_csv(tables.records_frame(records)))
+    problems = check.compare_rows(committed, fresh)
     if problems:
-        console.print(f"[red]check failed[/]: {committed_path} differs from a fresh run of suite {suite.name!r}:")
+        console.print(f"[red]check failed[/]: {committed_path} differs from a fresh run of its own commands:")
         for line in problems:
             console.print(f"  {line}", highlight=False)
-        console.print(f"regenerate it with: bench run --suite {suite.name}")
+        console.print("regenerate it with the commands above")
         return 1
-    console.print(
-        f"[green]check passed[/]: {committed_path} matches a fresh run (each number within its committed 95% CI "
-        f"over seeds, at least {args.tolerance}; counts exactly)"
-    )
+    console.print(f"[green]check passed[/]: {committed_path} equals a fresh run of its own commands, every value "
+                  f"of all {len(committed)} rows exactly")  # fmt: skip
     return 0
 
 

@@ -2,10 +2,13 @@
 validation, refine it where it crosses each retention level, and report the
 matched-retention operating points and the area summary on test.
 
-This is the evaluator's protocol, applied identically to every defense: validation
-ASR is measured with the attack's true trigger (the evaluator knows it; a defense that
-does not is never shown it), and nothing here reads test data to choose anything. The
-defense's own deployable rule is its `chosen` knob value, reported separately.
+This is the evaluator's protocol, applied identically to every defense. The blind
+operating point (`matched_blind`, the headline) is the strongest knob value that keeps
+validation CA >= R x the backdoored model's: it reads no ASR. The oracle point
+(`matched`) is the lowest validation ASR under the same constraint, with ASR measured
+with the attack's true trigger: an upper bound for a defense that does not know the
+trigger, labelled as one. Nothing here reads test data to choose anything. The defense's
+own deployable rule is its `chosen` knob value, reported separately.
 """
 
 from __future__ import annotations
@@ -92,6 +95,8 @@ def trade_off(
         points += [measure(v) for v in spec.values if v != spec.identity]
         if spec.continuous and has_asr:
             points = tradeoff.refine(points, ca_ref, LEVELS, lambda k: measure(k), refine_steps)
+        if spec.continuous:
+            points = tradeoff.refine_boundary(points, ca_ref, LEVELS, lambda k: measure(k), refine_steps)
 
     tests: dict = {}
 
@@ -102,11 +107,9 @@ def trade_off(
             tests[knob] = ev.test()
         return tests[knob]
 
-    matched = {}
-    for level in LEVELS:
-        i = tradeoff.select(points, ca_ref, level) if has_asr else _strongest_feasible(points, ca_ref, level)
+    def operating_point(i: int) -> dict:
         t = test_at(i)
-        matched[f"{level:.2f}"] = {
+        return {
             "knob": points[i]["knob"],
             "val_ca": points[i]["ca"],
             "val_asr": points[i]["asr"],
@@ -117,13 +120,14 @@ def trade_off(
             "control": t["control"],
             "control_mean": mean_control(t["control"]),
         }
+
+    blind, oracle = {}, {}
+    for level in LEVELS:
+        blind[f"{level:.2f}"] = operating_point(tradeoff.strongest_feasible(points, ca_ref, level))
+        # Without a trigger (the clean reference) there is no ASR to minimise: the oracle is the blind point.
+        oracle[f"{level:.2f}"] = operating_point(
+            tradeoff.select(points, ca_ref, level) if has_asr else tradeoff.strongest_feasible(points, ca_ref, level)
+        )
     auc = tradeoff.auc(points, ca_ref, lambda i: test_at(i)["asr"]) if has_asr else None
     goto(spec.chosen if spec is not None else DEFENDED)
-    return {"curve": points, "matched": matched, "auc_90": auc}
-
-
-def _strongest_feasible(points, ca_ref, level) -> int:
-    """Without a trigger (the clean reference) there is no ASR to minimise: the
-    strongest setting that keeps the retention level."""
-    ok = tradeoff.feasible(points, ca_ref, level)
-    return ok[-1] if ok else 0
+    return {"curve": points, "matched": oracle, "matched_blind": blind, "auc_90": auc}

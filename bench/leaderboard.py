@@ -27,10 +27,11 @@ DETECTORS = ("neural-cleanse", "decree")  # return the model unchanged: their ow
 
 CSV_COLUMNS = [
     *KEYS, "n_seeds", "n_took",
-    "ca", "ca_ci", "ca_std", "asr", "asr_ci", "asr_std", "ra", "ra_ci", "ra_std",
+    *[f"{m}{s}" for m in ("ca", "asr", "ra") for s in ("", "_lo", "_hi", "_std")],
     "ca_retention", "der", "control", "control_retention", "bd_asr_all", "knob", "knob_chosen",
-    *[f"{m}_r{lvl}{s}" for lvl in LEVELS for m in ("asr", "ca", "ra", "control", "retention") for s in ("", "_ci")],
-    "auc_90", "auc_90_ci",
+    *[f"{m}_r{lvl}{s}" for lvl in LEVELS for m in ("asr", "ca", "ra", "control", "retention") for s in ("", "_lo", "_hi")],
+    *[f"{m}_r{lvl}_oracle{s}" for lvl in LEVELS for m in ("asr", "retention") for s in ("", "_lo", "_hi")],
+    "auc_90", "auc_90_lo", "auc_90_hi",
     "wall_s", "clean_samples", "triggered_samples",
 ]  # fmt: skip
 
@@ -40,22 +41,32 @@ DEFINITIONS = [
             "are classified as the target."),
     ("RA", "robust accuracy: share of the same triggered images classified as their true label."),
     ("CA retention", "CA after the defense / CA of the backdoored model (test)."),
-    ("ASR@R (R = 99, 95, 90)", "matched retention: the defense's knob value with the lowest validation ASR "
-                              "among those keeping validation CA >= R% of the backdoored model's, reported on "
-                              "test. The undefended model is always a candidate, so a defense that cannot reach "
-                              "R scores the backdoored ASR. Validation ASR uses the attack's trigger for every "
-                              "defense (the evaluator's protocol; no defense is shown it)."),
-    ("AUC", "mean test ASR of the validation-chosen knob value over retention levels uniform in "
-            "[0.90, 1.00] (normalised area under the retention-ASR curve; lower is better)."),
+    ("ASR@R (R = 99, 95, 90)", "the blind operating point, the same rule for every defense: the strongest "
+                              "value of the defense's knob whose validation CA is >= R% of the backdoored model's, "
+                              "reported on test. It reads no ASR, so no defense is credited with knowledge of the "
+                              "trigger. The undefended model is always a candidate."),
+    ("test ret.", "the test CA retention at the ASR@R point: R is matched on validation, and test can fall "
+                  "below it."),
+    ("oracle ASR@R", "an upper bound, never the headline: the knob value with the lowest validation ASR, measured "
+                     "with the attacker's trigger, among those keeping R% of validation CA. A defense that does not "
+                     "know the trigger could not make this choice."),
+    ("AUC", "mean test ASR of the oracle-chosen knob value over retention levels uniform in [0.90, 1.00] "
+            "(normalised area under the retention-ASR curve; an oracle upper bound like oracle ASR@R)."),
     ("own rule", "the defense's own deployable choice of its knob (TBAR: lowest validation ASR with CA >= "
-                 "0.95 x backdoored, with its own trigger); the CA/ASR/RA columns and DER use it."),
+                 "0.95 x backdoored, with its own known trigger); the CA/ASR/RA columns and DER use it."),
     ("DER", "BackdoorBench's defense effectiveness rating with the correct sign: (max(0, ASR_bd - ASR) - "
             "max(0, CA_bd - CA) + 1) / 2, in [0, 1]; higher is better."),
     ("control", "mean zero-shot accuracy on the suite's control datasets (CLIP settings)."),
     ("took", "a (cell, seed) whose backdoored test ASR is below 50% is no evidence about a defense: it is "
              "shown and left out of every average; k/n counts the rows that took."),
-    ("± x", "half-width of the 95% confidence interval over seeds (Student t); a single seed has none."),
-    ("significant", "paired t-test over (cell, seed) rows, Holm-adjusted over all pairs, p < 0.05."),
+    ("± x", "half-width of the 95% confidence interval (Student t). In a cell's table it is over the cell's "
+            "seeds; in a ranking over several cells it is over cells (each cell's seeds averaged first), "
+            "since seeds of one cell share its victim, splits and recipe. One seed has no interval. An "
+            "interval that would leave [0, 100] is shown clipped, as (low-high)."),
+    ("rank", "within a ranking, 1 + the number of defenses whose interval lies wholly below this one's: "
+             "neighbours whose intervals overlap share a rank (tied)."),
+    ("significant", "paired t-test of per-cell differences (over seeds when the rows hold one cell), "
+                    "Holm-adjusted over all pairs of the page, p < 0.05."),
 ]  # fmt: skip
 
 
@@ -86,14 +97,19 @@ def _nan(v) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
-def pct(mean, ci=None, digits: int = 1) -> str:
-    """'12.3 ± 4.5' (percent, with the CI half-width when there is one), or 'n/a'."""
+def pct(mean, ci=None, digits: int = 1, bounded: bool = True) -> str:
+    """'12.3 ± 4.5' (percent, with the CI half-width when there is one), or 'n/a'. For a
+    rate (`bounded`: an accuracy or ASR, never a retention, which can pass 100%) an
+    interval that would leave [0, 100] is shown clipped, '2.0 (0.0-9.1)'."""
     if _nan(mean):
         return "n/a"
     s = f"{100 * mean:.{digits}f}"
-    if not _nan(ci):
-        s += f" ± {100 * ci:.{digits}f}"
-    return s
+    if _nan(ci):
+        return s
+    lo, hi = mean - ci, mean + ci
+    if bounded and (lo < 0 or hi > 1):
+        return f"{s} ({100 * max(lo, 0.0):.{digits}f}-{100 * min(hi, 1.0):.{digits}f})"
+    return f"{s} ± {100 * ci:.{digits}f}"
 
 
 def num(v, digits: int = 2) -> str:
@@ -126,8 +142,10 @@ class Board:
 def build(records: list[dict], suite: str, provenance: dict | None = None) -> Board:
     frame = tables.records_frame(records)
     agg = tables.aggregate(frame) if len(frame) else pd.DataFrame(columns=CSV_COLUMNS)
-    summ = tables.summary(frame) if len(frame) else pd.DataFrame()
-    pairs = tables.pairwise(frame) if len(frame) else pd.DataFrame(columns=["a", "b", "pairs", "diff", "ci", "p"])
+    ranked = frame[~frame["defense"].isin(DETECTORS)] if len(frame) else frame  # detectors change no model
+    summ = tables.summary(ranked) if len(ranked) else pd.DataFrame()
+    empty = pd.DataFrame(columns=["group", "a", "b", "pairs", "unit", "diff", "ci", "p", "p_holm", "significant"])
+    pairs = tables.pairwise(ranked) if len(ranked) else empty
     return Board(suite, records, frame, agg, summ, pairs, provenance or provenance_of(records, suite))
 
 
@@ -187,7 +205,8 @@ def _agg_row(board: Board, cell: tuple, defense: str):
 
 def group_table(board: Board, group: tuple) -> dict:
     """One (model, dataset, setting): attacks as rows, defenses as column groups of
-    CA / ASR (own rule) / ASR@95, with the knob value the own rule chose."""
+    CA / ASR (own rule) / ASR@95 (blind) with its test retention, with the knob value the
+    own rule chose. Intervals are over the cell's seeds."""
     defenses = [d for d in board.defenses if d not in DETECTORS]
     a = board.agg
     attacks = sorted(set(a[(a.model == group[0]) & (a.dataset == group[1]) & (a.setting == group[2])]["attack"]))
@@ -208,13 +227,11 @@ def group_table(board: Board, group: tuple) -> dict:
             if attack != "none" and r.n_took == 0:
                 cells.append({"na": "did not take", "values": ["n/a (attack did not take)"] * 3, "knob": knob})
                 continue
-            cells.append(
-                {
-                    "values": [pct(r.ca, r.ca_ci), pct(r.asr, r.asr_ci), pct(r.asr_r95, r.asr_r95_ci)],
-                    "sort": [r.ca, r.asr, r.asr_r95],
-                    "knob": knob,
-                }
-            )
+            at95 = pct(r.asr_r95, r.asr_r95_ci)
+            if not _nan(r.retention_r95):
+                at95 += f" (test ret. {pct(r.retention_r95, bounded=False)})"
+            cells.append({"values": [pct(r.ca, r.ca_ci), pct(r.asr, r.asr_ci), at95], "sort": [r.ca, r.asr, r.asr_r95],
+                          "knob": knob})  # fmt: skip
         label = attack if attack != "none" else "none (clean reference)"
         rows.append({"attack": attack, "label": label, "took": took, "bd_asr": None if bd is None else bd.bd_asr_all, "cells": cells})
     return {"group": group, "defenses": defenses, "rows": rows}
@@ -228,7 +245,7 @@ def long_rows(board: Board, group: tuple) -> list[dict]:
     for r in g.sort_values(["attack", "defense"], key=lambda s: s.map(lambda v: (v == "none", v)) if s.name == "attack" else s.map(lambda v: (v != "none", v))).itertuples():
         took = f"{r.n_took}/{r.n_seeds}" if r.attack != "none" else f"-/{r.n_seeds}"
         if r.attack != "none" and r.n_took == 0:
-            out.append({"attack": r.attack, "defense": r.defense, "took": took, "cols": ["attack did not take"] + [""] * 7})
+            out.append({"attack": r.attack, "defense": r.defense, "took": took, "cols": ["attack did not take"] + [""] * 9})
             continue
         knob = "" if _nan(r.knob_chosen) or r.defense == "none" else f"{r.knob}={num(r.knob_chosen)}"
         out.append(
@@ -238,29 +255,61 @@ def long_rows(board: Board, group: tuple) -> list[dict]:
                 "took": took,
                 "cols": [
                     pct(r.ca, r.ca_ci), pct(r.asr, r.asr_ci), pct(r.ra, r.ra_ci), pct(r.asr_r95, r.asr_r95_ci),
-                    pct(r.asr_r90, r.asr_r90_ci), pct(r.auc_90, r.auc_90_ci), knob, pct(r.control, r.control_ci),
+                    pct(r.retention_r95, bounded=False), pct(r.asr_r90, r.asr_r90_ci),
+                    pct(r.asr_r95_oracle, r.asr_r95_oracle_ci), pct(r.auc_90, r.auc_90_ci), knob,
+                    pct(r.control, r.control_ci),
                 ],
             }
         )  # fmt: skip
     return out
 
 
+LONG_HEAD = ["CA", "ASR", "RA", "ASR@95", "test ret. @95", "ASR@90", "oracle ASR@95", "AUC (oracle)", "own rule",
+             "control"]  # fmt: skip
+
+
+def _viridis(v: float) -> str:
+    """A colour-blind-safe sequential colour (viridis, light end for low ASR) for v in [0, 1]."""
+    stops = [(253, 231, 37), (94, 201, 98), (33, 145, 140), (59, 82, 139), (68, 1, 84)]
+    x = min(max(v, 0.0), 1.0) * (len(stops) - 1)
+    i = min(int(x), len(stops) - 2)
+    t = x - i
+    rgb = [round(a + (b - a) * t) for a, b in zip(stops[i], stops[i + 1], strict=True)]
+    return f"rgb({rgb[0]},{rgb[1]},{rgb[2]})"
+
+
 def answer(board: Board) -> dict:
-    """The 30-second answer: ASR at 95% retention, defenses x (attack, setting), over the
-    rows whose attack took, as a heatmap."""
+    """The 30-second answer: ASR@95 at the blind point, defenses x (attack, setting), over
+    the rows whose attack took, each cell's mean and interval over its seeds. In each
+    column the lowest mean and every defense whose interval overlaps it are marked tied
+    for best. Rows follow the first ranking (defenses over every row), then the others."""
     f = board.frame
-    took = f[(f["attack"] != "none") & f["took"]] if len(f) else f
+    took = tables.took_rows(f)
     cols = sorted({(r.attack, r.setting) for r in took.itertuples()}) if len(took) else []
+    order = list(dict.fromkeys(board.summary["defense"])) if len(board.summary) else []
+    grid = {}
+    for d in order:
+        for attack, setting in cols:
+            sel = took[(took.defense == d) & (took.attack == attack) & (took.setting == setting)]
+            grid[d, attack, setting] = tables.stats.mean_ci(sel["asr_r95"].tolist())
+    best = {}
+    for attack, setting in cols:
+        ests = [grid[d, attack, setting] for d in order if d not in DETECTORS and grid[d, attack, setting].n]
+        if ests:
+            top = min(ests, key=lambda e: e.mean)
+            best[attack, setting] = top.mean + (0 if _nan(top.half) else top.half)
     rows = []
-    order = list(board.summary["defense"]) if len(board.summary) else []
     for d in order:
         if d in DETECTORS:
             continue
         cells = []
         for attack, setting in cols:
-            sel = took[(took.defense == d) & (took.attack == attack) & (took.setting == setting)]
-            est = tables.stats.mean_ci(sel["asr_r95"].tolist())
-            cells.append({"text": pct(est.mean, est.half, 0), "value": est.mean, "n": est.n})
+            est = grid[d, attack, setting]
+            low = est.mean - (0 if _nan(est.half) else est.half)
+            tied = bool(est.n) and (attack, setting) in best and low <= best[attack, setting] + 1e-12
+            cells.append({"text": pct(est.mean, est.half, 0), "value": est.mean, "n": est.n, "best": tied,
+                          "colour": None if _nan(est.mean) else _viridis(est.mean),
+                          "dark": not _nan(est.mean) and est.mean > 0.55})  # fmt: skip
         rows.append({"defense": d, "cells": cells})
     return {"cols": [f"{a} / {s}" for a, s in cols], "rows": rows}
 
@@ -270,42 +319,72 @@ def _num(v: float, fmt: str) -> str:
     return "n/a" if _nan(v) else format(v, fmt)
 
 
-def summary_rows(board: Board) -> list[dict]:
+def threat_models(board: Board) -> list[dict]:
+    """Each defense on the page with the data it spends and what it knows of the attack."""
+    from bench.registry import DEFENSES
+
     out = []
-    for r in board.summary.itertuples():
-        if r.defense in DETECTORS:
-            continue
-        out.append(
-            {
-                "defense": r.defense,
-                "cols": [
-                    f"{r.k}/{r.n}", pct(r.none_asr, r.none_asr_ci), pct(r.asr_r95, r.asr_r95_ci),
-                    pct(r.asr_r90, r.asr_r90_ci), pct(r.auc_90, r.auc_90_ci), pct(r.asr, r.asr_ci),
-                    pct(r.ca_retention, r.ca_retention_ci), pct(r.control_retention, r.control_retention_ci),
-                    _num(r.der, ".3f"), _num(r.wall_s, ".1f"), _num(r.clean_samples, ".0f"),
-                    _num(r.triggered_samples, ".0f"),
-                ],
-            }
-        )  # fmt: skip
+    for d in board.defenses:
+        obj = DEFENSES.entry(d).obj if d in DEFENSES else None
+        out.append({"defense": d, "data": getattr(obj, "data_used", "?"), "knows": getattr(obj, "knows", "?"),
+                    "detector": d in DETECTORS})  # fmt: skip
+    return out
+
+
+def rankings(board: Board) -> list[dict]:
+    """The ranking tables: one per group of defenses over the rows all of them share."""
+    out = []
+    s = board.summary
+    if not len(s):
+        return out
+    knows = {t["defense"]: t["knows"] for t in threat_models(board)}
+    for g, grp in s.groupby("group", sort=True):
+        rows = []
+        for r in grp.itertuples():
+            if r.defense in DETECTORS:
+                continue
+            name = r.defense + (" (knows the trigger)" if knows.get(r.defense, "nothing") != "nothing" else "")
+            rows.append(
+                {
+                    "defense": name,
+                    "cols": [
+                        f"{r.rank}{'=' if r.tied else ''}", f"{r.k}", f"{r.n_took}/{r.n}", pct(r.none_asr, r.none_asr_ci),
+                        pct(r.asr_r95, r.asr_r95_ci), pct(r.retention_r95, r.retention_r95_ci, bounded=False),
+                        pct(r.asr_r90, r.asr_r90_ci), pct(r.asr_r95_oracle, r.asr_r95_oracle_ci),
+                        pct(r.asr, r.asr_ci), pct(r.ca_retention, r.ca_retention_ci, bounded=False),
+                        pct(r.control_retention, r.control_retention_ci, bounded=False), _num(r.der, ".3f"),
+                        _num(r.wall_s, ".1f"), _num(r.clean_samples, ".0f"), _num(r.triggered_samples, ".0f"),
+                    ],
+                }
+            )  # fmt: skip
+        first = grp.iloc[0]
+        unit = (f"over {int(first.cells)} cells (each cell's seeds averaged first)" if first.unit == "cells"
+                else f"over the {int(first.k)} seeds of one cell")  # fmt: skip
+        newcomers = ", ".join(d for d in grp["defense"] if d not in set(s[s.group == 0]["defense"]))
+        title = "every row whose attack took" if g == 0 else f"the {int(first.k)} rows that {newcomers} ran on"
+        rows_note = f"{int(first.k)} (cell, seed) rows in {int(first.cells)} cell(s); ± is the 95% interval {unit}"
+        out.append({"group": int(g), "title": title, "note": rows_note, "rows": rows,
+                    "significance": significance(board, int(g))})  # fmt: skip
     return out
 
 
 SUMMARY_HEAD = [
-    "defense", "rows took k/n", "ASR before (same rows)", "ASR@95", "ASR@90", "AUC 0.90-1", "ASR (own rule)",
-    "CA retention (own rule)", "control retention", "DER", "wall s", "clean samples", "triggered samples",
+    "defense", "rank", "shared rows", "its rows (took/run)", "ASR before (same rows)", "ASR@95", "test ret. @95", "ASR@90", "oracle ASR@95",
+    "ASR (own rule)", "CA retention (own rule)", "control retention", "DER", "wall s", "clean samples",
+    "triggered samples",
 ]  # fmt: skip
 
 
-def significance(board: Board) -> list[str]:
+def significance(board: Board, group: int = 0) -> list[str]:
     p = board.pairs
     if p is None or not len(p):
         return []
     out = []
-    for r in p[p["significant"]].itertuples():
+    for r in p[p["significant"] & (p["group"] == group)].itertuples():
         lower, higher = (r.a, r.b) if r.diff < 0 else (r.b, r.a)
         out.append(
-            f"{lower} leaves less ASR@95 than {higher}: difference {pct(abs(r.diff), r.ci)} points over {r.pairs} "
-            f"rows (Holm-adjusted p = {r.p_holm:.3g})"
+            f"{lower} leaves less ASR@95 than {higher}: difference {pct(abs(r.diff), r.ci, bounded=False)} points "
+            f"over {r.pairs} {r.unit} (Holm-adjusted p = {r.p_holm:.3g})"
         )
     return out
 
@@ -347,8 +426,10 @@ def _context(board: Board) -> dict:
         "prov": board.provenance,
         "answer": answer(board),
         "summary_head": SUMMARY_HEAD,
-        "summary": summary_rows(board),
-        "significance": significance(board),
+        "rankings": rankings(board),
+        "threats": threat_models(board),
+        "long_head": LONG_HEAD,
+        "commands": board.provenance.get("commands") or [],
         "groups": [group_table(board, g) for g in board.groups],
         "long": [(g, long_rows(board, g)) for g in board.groups],
         "detectors": detector_rows(board),
@@ -412,21 +493,41 @@ def dataset_samples(board: Board) -> list[dict]:
 
 
 def csv_text(board: Board) -> str:
+    """The page's per-cell table: means over the seeds whose attack took, and each interval
+    as its clipped bounds (`_lo`, `_hi`; rates within [0, 1], retentions unbounded)."""
     agg = board.agg.copy()
+    for col in [c for c in CSV_COLUMNS if c.endswith("_lo")]:
+        m = col[: -len("_lo")]
+        if m in agg and f"{m}_ci" in agg:
+            lo, hi = agg[m] - agg[f"{m}_ci"], agg[m] + agg[f"{m}_ci"]
+            if "retention" not in m:
+                lo, hi = lo.clip(lower=0.0), hi.clip(upper=1.0)
+            agg[col], agg[f"{m}_hi"] = lo, hi
     for col in CSV_COLUMNS:
         if col not in agg:
             agg[col] = float("nan")
     return agg[CSV_COLUMNS].to_csv(index=False, float_format="%.4f")
 
 
-def write(records: list[dict], suite: str, out_dir: Path, store=None, provenance: dict | None = None) -> dict[str, Path]:
-    """`<suite>.md`, `.csv` and `.html` under `out_dir`; the HTML embeds the example
-    images when `store` (the storage root the records came from) is given."""
+def write(
+    records: list[dict], suite: str, out_dir: Path, store=None, provenance: dict | None = None, suite_cfg=None,
+    suite_ref: str | None = None,
+) -> dict[str, Path]:
+    """`<suite>.md`, `.csv`, `-rows.csv` and `.html` under `out_dir`; the HTML embeds the
+    example images when `store` (the storage root the records came from) is given. With
+    the suite's config, the page states the commands that regenerate it (bench/check.py),
+    which `bench leaderboard --check` reruns."""
+    from bench import check
+
     out_dir = Path(out_dir)
     board = build(records, suite, provenance)
-    paths = {"markdown": out_dir / f"{suite}.md", "csv": out_dir / f"{suite}.csv", "html": out_dir / f"{suite}.html"}
+    if suite_cfg is not None and len(board.frame):
+        board.provenance["commands"] = check.page_commands(board.frame, suite_cfg, suite_ref or suite)
+    paths = {"markdown": out_dir / f"{suite}.md", "csv": out_dir / f"{suite}.csv", "rows": out_dir / f"{suite}-rows.csv",
+             "html": out_dir / f"{suite}.html"}  # fmt: skip
     atomic_write_bytes(paths["markdown"], render_markdown(board).encode())
     atomic_write_bytes(paths["csv"], csv_text(board).encode())
+    atomic_write_bytes(paths["rows"], check.rows_csv(board.frame).encode())
     root = store.local_root() if store is not None else None
     atomic_write_bytes(paths["html"], render_html(board, root).encode())
     return paths

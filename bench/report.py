@@ -268,8 +268,8 @@ def scale_section(result: dict | None) -> list[str]:
         lines.append(
             f"| {r['model']} | {r['visual_params'] / 1e6:.2f}M | {r['defense']} | {r['rows']} | "
             f"{pct(r.get('bd_ca'), r.get('bd_ca_ci'))} | {pct(r['bd_asr'], r.get('bd_asr_ci'))} | {pct(r['asr_r95'], r.get('asr_r95_ci'))} | "
-            f"{pct(r['asr_r90'], r.get('asr_r90_ci'))} | {pct(r['ca_retention'], r.get('ca_retention_ci'))} | "
-            f"{pct(r['control_retention'], r.get('control_retention_ci'))} | "
+            f"{pct(r['asr_r90'], r.get('asr_r90_ci'))} | {pct(r['ca_retention'], r.get('ca_retention_ci'), bounded=False)} | "
+            f"{pct(r['control_retention'], r.get('control_retention_ci'), bounded=False)} | "
             f"{pct(r.get('pre_plus_tau_target_bias'), r.get('pre_plus_tau_target_bias_ci'))} | {xi_text} | "
             f"{_pct(removal)}: {verdict} |"
         )

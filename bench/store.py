@@ -240,6 +240,8 @@ def check_record(trial_id: str, rec: Any) -> RecordState:
         return RecordState("corrupt", reason="schema or trial id does not match its file name")
     if rec.get("status") not in ("ok", "failed") or (rec["status"] == "ok" and "metrics" not in rec):
         return RecordState("corrupt", reason="status or metrics missing")
+    if rec["status"] == "ok" and "matched" in rec and "matched_blind" not in rec:
+        return RecordState("corrupt", reason="made before blind operating points were recorded")
     return RecordState(rec["status"], rec)
 
 

@@ -5,6 +5,13 @@ paired comparisons of defenses. Pure pandas; rendering lives in bench/leaderboar
 Exclusion rule (methods.md section 5): a (cell, seed) whose backdoored ASR is below
 TOOK is no evidence about any defense. It stays visible in the main table (marked) and
 is left out of every average; `none` is averaged over exactly the rows of each defense.
+
+Units of replication (docs/protocol.md): within a cell the seeds are the unit; across
+cells the cell is (its seeds share the victim, the splits and the attack recipe, so they
+are not independent of each other across cells). A summary over several cells first
+averages each cell's seeds, then takes the mean and t interval over cells; with one cell
+it falls back to that cell's seeds and says so. A ranking covers only the rows that every
+ranked defense shares (`ranking_groups`).
 """
 
 from __future__ import annotations
@@ -20,9 +27,12 @@ CELL = ["model", "dataset", "setting", "attack"]
 TOOK = 0.5  # backdoored ASR at or above which an attack "took"
 LEVELS = ("99", "95", "90")
 # Per-record metrics that are averaged over seeds, each with a 95% CI.
+# `*_r{lvl}`: at the blind operating point (the strongest knob keeping R% of validation CA);
+# `*_r{lvl}_oracle`: at the oracle point (lowest validation ASR with the attacker's trigger).
 METRICS = [
     "ca", "asr", "ra", "ca_retention", "der", "control", "control_retention",
     *[f"{m}_r{lvl}" for lvl in LEVELS for m in ("asr", "ca", "ra", "control", "retention")],
+    *[f"{m}_r{lvl}_oracle" for lvl in LEVELS for m in ("asr", "retention")],
     "auc_90", "bd_ca", "bd_asr",
 ]  # fmt: skip
 COSTS = ["wall_s", "clean_samples", "triggered_samples", "steps"]
@@ -63,15 +73,21 @@ def record_row(r: dict) -> dict:
         "detected": _num((d.get("inversion") or {}).get("detected")),
         **{k: _num(cost.get(k)) for k in COSTS},
     }
+    def retention(p: dict) -> float:
+        return _num(p.get("ca")) / row["bd_ca"] if p.get("ca") is not None and row["bd_ca"] else float("nan")
+
     for lvl in LEVELS:
-        p = (r.get("matched") or {}).get(f"0.{lvl}") or {}
+        p = (r.get("matched_blind") or {}).get(f"0.{lvl}") or {}
         row[f"asr_r{lvl}"] = _num(p.get("asr"))
         row[f"ca_r{lvl}"] = _num(p.get("ca"))
         row[f"ra_r{lvl}"] = _num(p.get("ra"))
         row[f"control_r{lvl}"] = _num(p.get("control_mean"))
-        row[f"retention_r{lvl}"] = _num(p.get("ca")) / row["bd_ca"] if p.get("ca") is not None and row["bd_ca"] else float("nan")
+        row[f"retention_r{lvl}"] = retention(p)  # on test: validation matched it, test need not
         k = p.get("knob")
         row[f"knob_r{lvl}"] = _num(k) if isinstance(k, (int, float)) else float("nan")
+        o = (r.get("matched") or {}).get(f"0.{lvl}") or {}
+        row[f"asr_r{lvl}_oracle"] = _num(o.get("asr"))
+        row[f"retention_r{lvl}_oracle"] = retention(o)
     # A cell with no trigger (the clean reference) has nothing to take; it is shown, never averaged.
     row["took"] = bool(row["bd_asr"] >= TOOK) if not math.isnan(row["bd_asr"]) else False
     return row
@@ -107,50 +123,126 @@ def aggregate(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-SUMMARY_METRICS = ["asr_r95", "asr_r90", "auc_90", "asr", "ca_retention", "control_retention", "der"]
+SUMMARY_METRICS = ["asr_r95", "retention_r95", "asr_r90", "retention_r90", "asr_r95_oracle", "auc_90", "asr",
+                   "ca_retention", "control_retention", "der"]  # fmt: skip
+ROW = [*CELL, "seed"]
+
+
+def took_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The (cell, seed, defense) rows that are evidence: an attacked cell whose attack took."""
+    return df[(df["attack"] != "none") & df["took"]] if len(df) else df
+
+
+def ranking_groups(df: pd.DataFrame) -> list[tuple[list[str], list[tuple]]]:
+    """Which defenses are ranked together, each group over the rows all of them share.
+
+    The first group is every defense that ran on all the rows `none` has (the backdoored
+    model is in every grid); then, for each smaller set of rows some defense ran on (par
+    and cleanclip only on CLIP cells, say), the defenses that cover it, over those rows
+    only. A defense is never ranked over rows another in its group lacks."""
+    took = took_rows(df)
+    rows = {d: set(map(tuple, g[ROW].itertuples(index=False))) for d, g in took.groupby("defense", sort=True)}
+    if not rows:
+        return []
+    sets = sorted({frozenset(r) for r in rows.values()}, key=lambda r: (-len(r), sorted(r)))
+    if "none" in rows:  # the full set first
+        sets.remove(frozenset(rows["none"]))
+        sets.insert(0, frozenset(rows["none"]))
+    groups = []
+    for rs in sets:
+        members = [d for d in sorted(rows) if rows[d] >= rs]
+        if len(members) >= 2 and all(set(members) != set(g) or len(rs) > len(r) for g, r in groups):
+            groups.append((members, sorted(rs)))
+    return groups
+
+
+def over_cells(sub: pd.DataFrame, metric: str) -> stats.Estimate:
+    """Mean and t interval with the cell as the unit: each cell's seeds averaged first. With
+    a single cell, over its seeds (the unit within a cell)."""
+    vals = sub[[*CELL, metric]].dropna()
+    if vals.empty:
+        return stats.Estimate(float("nan"), float("nan"), 0)
+    per_cell = vals.groupby(CELL, sort=True)[metric].mean()
+    return stats.mean_ci(per_cell.tolist()) if len(per_cell) > 1 else stats.mean_ci(vals[metric].tolist())
 
 
 def summary(df: pd.DataFrame) -> pd.DataFrame:
-    """Per defense, over the (cell, seed) rows whose attack took: k rows of n, and the
-    mean and CI of each summary metric; `none_*` are the backdoored model's numbers over
-    exactly the same rows. Ranked by ASR at 95% retention (lower is better)."""
+    """Per ranking group (`ranking_groups`) and defense, over the group's shared rows: k rows
+    of the n it ran, the cells, and the mean and CI of each summary metric with the cell as
+    the unit (`unit` says which: "cells", or "seeds" with one cell); `none_*` are the
+    backdoored model's numbers over the same rows. Within a group, ranked by ASR@95 (blind);
+    `rank` counts the defenses whose interval lies wholly below this one's, plus one, so
+    neighbours whose intervals overlap share a rank (`tied`)."""
     attacked = df[df["attack"] != "none"]
-    none = attacked[attacked["defense"] == "none"].set_index([*CELL, "seed"])
-    rows = []
-    for defense, grp in attacked.groupby("defense", sort=True):
-        took = grp[grp["took"]]
-        row = {"defense": defense, "k": len(took), "n": len(grp), "cells": took[CELL].drop_duplicates().shape[0]}
-        for m in SUMMARY_METRICS:
-            est = stats.mean_ci(took[m].tolist())
-            row[m], row[f"{m}_ci"] = est.mean, est.half
-        base = none.reindex(took.set_index([*CELL, "seed"]).index)
-        est = stats.mean_ci(base["asr"].tolist())
-        row["none_asr"], row["none_asr_ci"] = est.mean, est.half
-        for m in COSTS:
-            row[m] = float(took[m].mean()) if len(took) else float("nan")
-        row["target_found"] = float(took["target_found"].mean()) if len(took) else float("nan")
-        rows.append(row)
-    s = pd.DataFrame(rows)
-    return s.sort_values(["asr_r95", "defense"], na_position="last").reset_index(drop=True) if len(s) else s
+    took = took_rows(df)
+    out = []
+    for g, (members, rows) in enumerate(ranking_groups(df)):
+        idx = pd.MultiIndex.from_tuples(rows, names=ROW)
+        none = took[took["defense"] == "none"].set_index(ROW).reindex(idx).reset_index()
+        n_cells = len({r[:4] for r in rows})
+        for defense in members:
+            sub = took[took["defense"] == defense].set_index(ROW).reindex(idx).reset_index()
+            row = {"group": g, "defense": defense, "k": len(rows), "n": int((attacked["defense"] == defense).sum()),
+                   "n_took": int((took["defense"] == defense).sum()), "cells": n_cells,
+                   "unit": "cells" if n_cells > 1 else "seeds"}  # fmt: skip
+            for m in SUMMARY_METRICS:
+                est = over_cells(sub, m)
+                row[m], row[f"{m}_ci"], row[f"{m}_n"] = est.mean, est.half, est.n
+            est = over_cells(none, "asr")
+            row["none_asr"], row["none_asr_ci"] = est.mean, est.half
+            for m in COSTS:
+                row[m] = float(sub[m].mean()) if len(sub) else float("nan")
+            row["target_found"] = float(sub["target_found"].mean()) if len(sub) else float("nan")
+            out.append(row)
+    s = pd.DataFrame(out)
+    if not len(s):
+        return s
+    s = s.sort_values(["group", "asr_r95", "defense"], na_position="last").reset_index(drop=True)
+    s["rank"], s["tied"] = 0, False
+    for _g, grp in s.groupby("group"):
+        lo = (grp["asr_r95"] - grp["asr_r95_ci"].fillna(0)).clip(lower=0)
+        hi = (grp["asr_r95"] + grp["asr_r95_ci"].fillna(0)).clip(upper=1)
+        for i in grp.index:
+            s.loc[i, "rank"] = 1 + int((hi < lo[i]).sum())
+        s.loc[grp.index, "tied"] = s.loc[grp.index, "rank"].duplicated(keep=False)
+    return s
+
+
+def per_cell_wide(df: pd.DataFrame, metric: str, rows: list[tuple]) -> pd.DataFrame:
+    """(cell) x defense: `metric` averaged over the cell's seeds among `rows`."""
+    took = took_rows(df)
+    idx = pd.MultiIndex.from_tuples(rows, names=ROW)
+    sub = took.set_index(ROW)
+    sub = sub[sub.index.isin(idx)].reset_index()
+    return sub.pivot_table(index=CELL, columns="defense", values=metric, aggfunc="mean")
 
 
 def pairwise(df: pd.DataFrame, metric: str = "asr_r95") -> pd.DataFrame:
-    """Paired comparison of every two defenses on `metric` over the (cell, seed) rows
-    whose attack took and where both have a record: mean difference (row minus column
-    defense), its 95% CI, the paired t-test p-value, Holm-adjusted over all pairs, and
-    whether the difference is beyond the noise (adjusted p < 0.05)."""
-    took = df[(df["attack"] != "none") & df["took"]]
-    wide = took.pivot_table(index=[*CELL, "seed"], columns="defense", values=metric, aggfunc="first")
-    names = sorted(wide.columns)
-    rows = []
-    for i, a in enumerate(names):
-        for b in names[i + 1 :]:
-            both = wide[[a, b]].dropna()
-            if len(both) < 2:
-                continue
-            r = stats.paired(both[a].tolist(), both[b].tolist())
-            rows.append({"a": a, "b": b, "pairs": len(both), "diff": r.diff.mean, "ci": r.diff.half, "p": r.p})
-    out = pd.DataFrame(rows, columns=["a", "b", "pairs", "diff", "ci", "p"])
+    """Paired comparison of every two defenses of each ranking group on `metric` over the
+    group's shared rows, with the cell as the unit: per-cell differences (each cell's seeds
+    averaged), their mean (row minus column defense), 95% t interval and paired t-test
+    p-value over cells, Holm-adjusted over all pairs of the page; with a single cell, over
+    its seeds. `significant`: adjusted p < 0.05."""
+    rows_out = []
+    for g, (members, rows) in enumerate(ranking_groups(df)):
+        n_cells = len({r[:4] for r in rows})
+        if n_cells > 1:
+            wide, unit = per_cell_wide(df, metric, rows), "cells"
+        else:
+            took = took_rows(df)
+            wide = took.pivot_table(index=ROW, columns="defense", values=metric, aggfunc="first")
+            wide, unit = wide[wide.index.isin(pd.MultiIndex.from_tuples(rows, names=ROW))], "seeds"
+        for i, a in enumerate(members):
+            for b in members[i + 1 :]:
+                if a not in wide or b not in wide:
+                    continue
+                both = wide[[a, b]].dropna()
+                if len(both) < 2:
+                    continue
+                r = stats.paired(both[a].tolist(), both[b].tolist())
+                rows_out.append({"group": g, "a": a, "b": b, "pairs": len(both), "unit": unit, "diff": r.diff.mean,
+                                 "ci": r.diff.half, "p": r.p})  # fmt: skip
+    out = pd.DataFrame(rows_out, columns=["group", "a", "b", "pairs", "unit", "diff", "ci", "p"])
     out["p_holm"] = stats.holm(out["p"].tolist()) if len(out) else []
     out["significant"] = out["p_holm"] < 0.05
     return out

@@ -6,9 +6,14 @@ knob as a `Knob` (values to try, and how to put the model at one of them); the e
 evaluates each value on the validation split and keeps the curve. Defenses are then
 compared at matched clean-accuracy retention:
 
-    for R in LEVELS: the knob value with the lowest validation ASR among those with
-    validation CA >= R * CA_bd (ties: the weakest setting, the one listed first),
-    reported with its test metrics.
+    blind (the headline): for R in LEVELS, the strongest knob value whose validation
+    CA >= R * CA_bd, reported with its test metrics. It reads no ASR, so it is the same
+    rule for every defense, whatever the defense knows.
+
+    oracle (an upper bound, never the headline): the knob value with the lowest
+    validation ASR, measured with the attacker's trigger, among those with validation
+    CA >= R * CA_bd (ties: the weakest setting, the one listed first). For a defense that
+    does not know the trigger this is a choice it could not make.
 
 Every curve starts at the undefended model (`IDENTITY`), which is always feasible: at a
 retention level a defense cannot reach, it is credited with doing nothing.
@@ -112,6 +117,40 @@ def refine(
             if mid in (lo["knob"], hi["knob"]):
                 break
             points.insert(br[1], {"knob": mid, **evaluate(mid), "refined": True})
+    return points
+
+
+def strongest_feasible(points: Sequence[dict], ca_ref: float, level: float) -> int:
+    """The blind operating point (methods.md section 5): index of the strongest knob value
+    (the last point; points are ordered weakest first) whose CA >= level * ca_ref. It reads
+    no ASR, so it needs no trigger: the same rule for every defense. With none feasible, 0."""
+    ok = feasible(points, ca_ref, level)
+    return ok[-1] if ok else 0
+
+
+def refine_boundary(
+    points: list[dict],
+    ca_ref: float,
+    levels: Sequence[float],
+    evaluate: Callable[[float], dict],
+    steps: int,
+) -> list[dict]:
+    """Bisect the knob between the strongest feasible point and its infeasible neighbour,
+    `steps` times per level, so that the blind point sits at the retention boundary rather
+    than at the last grid value before it. Numeric knobs only; returns the new, sorted list."""
+    points = list(points)
+    for level in levels:
+        for _ in range(steps):
+            i = strongest_feasible(points, ca_ref, level)
+            if i + 1 >= len(points):
+                break
+            lo, hi = points[i], points[i + 1]
+            if not isinstance(lo["knob"], (int, float)) or not isinstance(hi["knob"], (int, float)):
+                break
+            mid = (lo["knob"] + hi["knob"]) / 2
+            if mid in (lo["knob"], hi["knob"]):
+                break
+            points.insert(i + 1, {"knob": mid, **evaluate(mid), "refined": True})
     return points
 
 

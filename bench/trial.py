@@ -382,7 +382,8 @@ def _defend(tcfg: dict, store: Store, progress: Progress) -> dict:
         "attack": attack.deviations_in(acfg["setting"]),
     }
     result["curve"] = to["curve"]
-    result["matched"] = to["matched"]
+    result["matched"] = to["matched"]  # the oracle point: lowest validation ASR (attacker's trigger)
+    result["matched_blind"] = to["matched_blind"]  # the headline: strongest knob keeping retention
     result["knob"] = (
         {"name": out.knob.name, "chosen": out.knob.chosen, "continuous": out.knob.continuous}
         if out.knob is not None
@@ -394,7 +395,9 @@ def _defend(tcfg: dict, store: Store, progress: Progress) -> dict:
         "refine_steps": CURVE_REFINE_STEPS,
         "control_val_images": CONTROL_VAL,
         "val_asr_trigger": "attack",
-    }
+        "operating_points": {"matched_blind": "strongest knob with val CA >= R x backdoored val CA",
+                             "matched": "oracle: lowest val ASR (attacker's trigger) with val CA >= R x backdoored"},
+    }  # fmt: skip
     if out.curve is not None and not out.curve_uses_attack_trigger:
         result["defense"]["own_curve"] = out.curve  # measured with the defense's own (inverted) trigger
     return result

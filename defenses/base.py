@@ -184,6 +184,10 @@ class Checkpoints:
 class Defense(abc.ABC):
     Params: type
     uses_attack_knowledge: bool = False
+    # The threat model, as every leaderboard page states it: the data the defense spends
+    # (clean, triggered, none) and what it knows of the attack (trigger, target, nothing).
+    data_used: str = "clean"
+    knows: str = "nothing"
     # Where this implementation departs from its reference (paper and authors' code),
     # one sentence each; written into every record (record["deviations"]) so tables
     # can footnote them. docs/methods.md lists them all in one table.

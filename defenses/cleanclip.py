@@ -126,6 +126,8 @@ TEMPLATE_CAPTIONS = (
     settings=("finetune", "contrastive"),
 )
 class CleanClip(Defense):
+    data_used = "clean image-caption pairs"
+    knows = "nothing"
     Params = CleanClipParams
     reference = CLEANCLIP_REFERENCE
     deviations = (

@@ -122,6 +122,8 @@ def free_u(layers: list[Layer]) -> float:
     settings=("finetune", "supervised", "contrastive"),
 )
 class Clp(Defense):
+    data_used = "none (data-free)"
+    knows = "nothing"
     Params = ClpParams
     reference = {"u": 3.0}  # noqa: RUF012
 

@@ -91,6 +91,8 @@ class TbarInvertedParams(TbarParams):
     settings=("finetune", "supervised", "contrastive"),
 )
 class TbarInverted(Tbar):
+    data_used = "clean, triggered with its own inverted trigger"
+    knows = "nothing"
     Params = TbarInvertedParams
     uses_attack_knowledge = False  # the engine gives it no trigger and no target
 

@@ -17,6 +17,8 @@ class NoDefenseParams:
     "none", "no defense: the backdoored model as it is", settings=("finetune", "supervised", "contrastive")
 )
 class NoDefense(Defense):
+    data_used = "none"
+    knows = "nothing"
     Params = NoDefenseParams
 
     def run(self, ctx: DefenseContext) -> DefenseOutput:

@@ -151,6 +151,8 @@ PAR_REFERENCE = {
     settings=("finetune", "contrastive"),
 )
 class Par(Defense):
+    data_used = "clean image-caption pairs"
+    knows = "nothing"
     Params = ParParams
     reference = PAR_REFERENCE
     deviations = (

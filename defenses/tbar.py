@@ -118,6 +118,8 @@ def val_point(
     settings=("finetune", "supervised", "contrastive"),
 )
 class Tbar(Defense):
+    data_used = "triggered (its known trigger, labelled with the target)"
+    knows = "the trigger and the target"
     Params = TbarParams
     uses_attack_knowledge = True
 
@@ -199,4 +201,6 @@ class TbarMixParams(TbarParams):
     settings=("finetune", "supervised", "contrastive"),
 )
 class TbarMix(Tbar):
+    data_used = "triggered (known trigger) and clean"
+    knows = "the trigger and the target"
     Params = TbarMixParams

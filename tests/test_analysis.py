@@ -212,7 +212,8 @@ def test_report_disentanglement_over_seeds_separates_bias_from_trigger():
 
     text = "\n".join(disentanglement_over_seeds([one(0, 0.04), one(1, 0.06)]))
     assert "| tiny-clip | blended/mix | 2 | 0.30 ± 0.00 |" in text
-    assert "5.0 ± 12.7 | 90.0 ± 0.0 |" in text  # mean of 4% and 6%; t(0.975, 1) * 1.41 / sqrt(2)
+    # mean of 4% and 6%, half-width t(0.975, 1) * 1.41 / sqrt(2) = 12.7, shown clipped to [0, 100]
+    assert "5.0 (0.0-17.7) | 90.0 ± 0.0 |" in text
 
 
 def test_scale_trend_fits_removal_over_every_row_of_the_learned_rungs():
@@ -225,7 +226,7 @@ def test_scale_trend_fits_removal_over_every_row_of_the_learned_rungs():
                 "config": {"model": model, "dataset": "scenes", "setting": "finetune", "attack": "blended",
                            "defense": defense, "seed": seed},
                 "metrics": {"ca": 0.8, "asr": asr95, "backdoored": {"ca": bd_ca, "asr": bd_asr}},
-                "matched": {"0.95": {"asr": asr95, "ca": 0.8}}}  # fmt: skip
+                "matched_blind": {"0.95": {"asr": asr95, "ca": 0.8}}}  # fmt: skip
 
     pts = [("s", 0, 0.6, 0.8), ("s", 1, 0.4, 0.8), ("l", 0, 0.1, 1.0), ("l", 1, 0.0, 0.9)]
     records = [rec(m, "tbar", seed, a, b) for m, seed, a, b in pts]

@@ -42,8 +42,6 @@ BAD = [
     (["run", "--cpus-per-trial", "-2"], ["--cpus-per-trial", "> 0"]),
     (["run", "--gpus-per-trial", "-1"], ["--gpus-per-trial", ">= 0"]),
     (["run", "--max-concurrent", "0"], ["--max-concurrent", ">= 1"]),
-    (["leaderboard", "--tolerance", "2"], ["--tolerance", "[0, 1]"]),
-    (["leaderboard", "--tolerance", "nan"], ["--tolerance", "[0, 1]"]),
     (["run", "--device", "gpu"], ["--device", "auto, cpu, cuda"]),
     (["run", "--data-root", "missing-folder"], ["--data-root", "no such folder"]),
     (["run", "--summary-json", "."], ["--summary-json", "is a folder"]),

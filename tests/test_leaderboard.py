@@ -10,17 +10,20 @@ import pytest
 from bench import leaderboard
 
 
-def _record(attack: str, method: str, seed: int, ca: float, asr: float | None, bd_asr: float | None = 0.95, **extra) -> dict:
-    matched = {
-        lvl: {"knob": 1.0, "ca": ca, "asr": asr, "ra": None if asr is None else 1 - asr, "control_mean": 0.9}
-        for lvl in ("0.99", "0.95", "0.90")
-    }
+def _record(attack: str, method: str, seed: int, ca: float, asr: float | None, bd_asr: float | None = 0.95,
+            model: str = "m", oracle_asr: float | None = None, **extra) -> dict:  # fmt: skip
+    """A record whose blind point has test ASR `asr` and whose oracle point has `oracle_asr` (default: 0)."""
+    def point(a):
+        return {"knob": 1.0, "ca": ca, "asr": a, "ra": None if a is None else 1 - a, "control_mean": 0.9}
+
+    lvls = ("0.99", "0.95", "0.90")
+    oracle = None if asr is None else (0.0 if oracle_asr is None else oracle_asr)
     return {
         "schema": 1,
-        "trial_id": f"{attack}-{method}-{seed}",
+        "trial_id": f"{model}-{attack}-{method}-{seed}",
         "artifact_id": f"a-{attack}-{seed}",
         "status": "ok",
-        "config": {"suite": "t", "model": "m", "dataset": "d", "setting": "finetune", "attack": attack,
+        "config": {"suite": "t", "model": model, "dataset": "d", "setting": "finetune", "attack": attack,
                    "defense": method, "seed": seed},
         "metrics": {
             "ca": ca,
@@ -32,7 +35,8 @@ def _record(attack: str, method: str, seed: int, ca: float, asr: float | None, b
             "auc_90": asr,
             "backdoored": {"ca": 0.9, "asr": None if attack == "none" else bd_asr},
         },
-        "matched": matched,
+        "matched": {lvl: point(oracle) for lvl in lvls},
+        "matched_blind": {lvl: point(asr) for lvl in lvls},
         "cost": {"wall_s": 1.0, "clean_samples": 10, "triggered_samples": 0},
         "created": "2026-11-28T00:00:00+00:00",
         **extra,
@@ -85,22 +89,85 @@ def test_html_is_self_contained_sortable_and_has_provenance():
     assert "Definitions" in page and "DER" in page
 
 
-def test_check_allows_the_committed_interval_and_flags_edits_beyond_it():
-    from bench.check import compare
+def test_the_headline_is_the_blind_point_and_the_oracle_is_a_labelled_column():
+    board = leaderboard.build(RECORDS, "t")
+    tbar = board.agg[(board.agg.attack == "badnets") & (board.agg.defense == "tbar")].iloc[0]
+    assert abs(tbar.asr_r95 - 0.03) < 1e-12 and tbar.asr_r95_oracle == 0.0  # blind: the records' ASR; oracle: 0
+    md = leaderboard.render_markdown(board)
+    assert "blind operating point" in md and "oracle ASR@95" in md and "test ret. @95" in md
+    assert "| tbar | triggered (its known trigger, labelled with the target) | the trigger and the target |" in md
+    assert "tbar (knows the trigger)" in md
 
-    fresh = leaderboard.build(RECORDS, "t").agg
-    assert compare(fresh.copy(), fresh, floor=0.01) == []
-    edited = fresh.copy()
-    row = (edited.attack == "badnets") & (edited.defense == "none")
-    edited.loc[row, "ca"] += 0.005  # within the floor
-    assert compare(edited, fresh, floor=0.01) == []
-    edited.loc[row, "asr"] += edited.loc[row, "asr_ci"] + 0.01  # beyond its own CI
-    problems = compare(edited, fresh, floor=0.01)
-    assert len(problems) == 1 and "m/d/finetune/badnets/none asr" in problems[0]
-    counts = fresh.copy()
-    counts.loc[counts.defense == "tbar", "clean_samples"] += 1  # counts must match exactly
-    assert any("clean_samples" in p for p in compare(counts, fresh, floor=0.01))
-    assert any("missing from the committed" in p for p in compare(fresh.iloc[1:], fresh, floor=0.01))
+
+def test_intervals_are_clipped_to_0_100_and_retentions_are_not():
+    assert leaderboard.pct(0.02, 0.05) == "2.0 (0.0-7.0)"
+    assert leaderboard.pct(0.5, 0.1) == "50.0 ± 10.0"
+    assert leaderboard.pct(0.98, 0.05, bounded=False) == "98.0 ± 5.0"
+    board = leaderboard.build(RECORDS, "t")
+    csv = pd.read_csv(__import__("io").StringIO(leaderboard.csv_text(board)))
+    for m in ("ca", "asr", "asr_r95"):
+        assert (csv[f"{m}_lo"].dropna() >= 0).all() and (csv[f"{m}_hi"].dropna() <= 1).all()
+
+
+def _grid(cells: dict[str, list[float]], extra: dict[str, dict[str, list[float]]]) -> list[dict]:
+    """Records over cells (one model each) x 3 seeds: `none` at 0.9, tbar and finetune at the
+    given ASRs per cell, and `extra` defenses on some cells only."""
+    recs = []
+    for model, (tbar, ft) in cells.items():
+        for seed in range(3):
+            recs.append(_record("badnets", "none", seed, 0.9, 0.9, model=model))
+            recs.append(_record("badnets", "tbar", seed, 0.88, tbar + 0.01 * seed, model=model))
+            recs.append(_record("badnets", "finetune", seed, 0.88, ft + 0.01 * seed, model=model))
+            for d, per_model in extra.items():
+                if model in per_model:
+                    recs.append(_record("badnets", d, seed, 0.88, per_model[model][0] + 0.01 * seed, model=model))
+    return recs
+
+
+def test_a_ranking_covers_only_shared_rows_and_its_interval_is_over_cells():
+    from bench import stats, tables
+
+    recs = _grid({"m1": [0.10, 0.50], "m2": [0.20, 0.60], "m3": [0.30, 0.40]}, {"par": {"m1": [0.05]}})
+    summ = tables.summary(tables.records_frame(recs))
+    main = summ[summ.group == 0].set_index("defense")
+    assert set(main.index) == {"none", "tbar", "finetune"}  # par ran on m1 only: not in the main ranking
+    # cells are the unit: the mean and t interval of the three cell means (0.11, 0.21, 0.31)
+    want = stats.mean_ci([0.11, 0.21, 0.31])
+    assert abs(main.loc["tbar", "asr_r95"] - want.mean) < 1e-12 and abs(main.loc["tbar", "asr_r95_ci"] - want.half) < 1e-12
+    assert main.loc["tbar", "unit"] == "cells" and main.loc["tbar", "k"] == 9
+    side = summ[summ.group == 1].set_index("defense")
+    assert set(side.index) == {"none", "tbar", "finetune", "par"} and side.loc["par", "unit"] == "seeds"
+    assert abs(side.loc["tbar", "asr_r95"] - 0.11) < 1e-12  # tbar over par's rows only
+    pairs = tables.pairwise(tables.records_frame(recs))
+    tf = pairs[(pairs.group == 0) & (pairs.a == "finetune") & (pairs.b == "tbar")].iloc[0]
+    assert tf.unit == "cells" and tf.pairs == 3  # three cells, not nine rows
+    d = stats.paired([0.51, 0.61, 0.41], [0.11, 0.21, 0.31])
+    assert abs(tf["diff"] - d.diff.mean) < 1e-12 and abs(tf.p - d.p) < 1e-12
+    md = leaderboard.render_markdown(leaderboard.build(recs, "t"))
+    assert "## Ranking over every row whose attack took" in md and "## Ranking over the 3 rows that par ran on" in md
+
+
+def test_overlapping_neighbours_share_a_rank():
+    from bench import tables
+
+    recs = _grid({"m1": [0.10, 0.12], "m2": [0.30, 0.31], "m3": [0.20, 0.25]}, {})
+    main = tables.summary(tables.records_frame(recs)).set_index("defense")
+    assert main.loc["tbar", "rank"] == main.loc["finetune", "rank"] == 1 and main.loc["tbar", "tied"]
+    assert main.loc["none", "rank"] == 3  # both intervals lie wholly below none's
+
+
+def test_the_check_is_exact_and_fails_on_one_image_and_on_a_missing_row():
+    from bench import check, tables
+
+    rows = check.read_rows(check.rows_csv(tables.records_frame(RECORDS)))
+    assert check.compare_rows(rows, rows.copy()) == []
+    one_image = rows.copy()
+    one_image.loc[one_image.defense == "tbar", "asr_r95"] += 1 / 1800  # one triggered test image
+    problems = check.compare_rows(rows, one_image)
+    assert len(problems) == 2 and all("asr_r95: committed" in p for p in problems)
+    problems = check.compare_rows(rows, rows.iloc[1:])
+    assert problems == [f"{'/'.join(map(str, rows.iloc[0][check.ROW_KEYS]))}: in the committed page, not produced by "
+                        "the rerun"]  # fmt: skip
 
 
 CHECK_SUITE = """
@@ -135,16 +202,24 @@ def test_leaderboard_check_passes_on_a_rerun_and_fails_on_a_hand_edit(tmp_path):
     lb = tmp_path / "lb"
     made = bench("run", "--suite", str(suite), "--executor", "serial", "--results", "res", "--leaderboards", str(lb))
     assert made.returncode == 0, made.stderr
+    page = (lb / "tinycheck.md").read_text()
+    command = (f"bench run --suite {suite} --models tiny-resnet --datasets shapes --settings supervised "
+               "--attacks badnets --defenses tbar --seeds 0 --leaderboards leaderboards")  # fmt: skip
+    assert command in page  # the page states the command that made it, derived from its rows
     check = ["leaderboard", "--check", "--suite", str(suite), "--leaderboards", str(lb), "--executor", "serial"]
     ok = bench(*check)
     assert ok.returncode == 0, ok.stderr
-    assert "check passed" in ok.stderr
+    assert "check passed" in ok.stderr and command in ok.stderr.replace("\n", "")
 
-    csv = lb / "tinycheck.csv"
-    table = pd.read_csv(csv)
-    table.loc[table.defense == "tbar", "ca"] = table.loc[table.defense == "tbar", "ca"] + 0.1  # a hand edit
-    table.to_csv(csv, index=False)
+    rows = lb / "tinycheck-rows.csv"
+    original = rows.read_text()
+    table = pd.read_csv(rows, float_precision="round_trip")
+    clean_test = 1 / 2000  # one clean test image of shapes
+    table.loc[table.defense == "tbar", "ca"] = table.loc[table.defense == "tbar", "ca"] + clean_test  # a hand edit
+    table.to_csv(rows, index=False)
+    edited = rows.read_text()
     bad = bench(*check)
     assert bad.returncode == 1
-    assert "check failed" in bad.stderr and "badnets/tbar ca" in bad.stderr
-    assert pd.read_csv(csv).equals(table)  # --check never rewrites the committed file
+    assert "check failed" in bad.stderr and "badnets/tbar/0 ca" in bad.stderr
+    assert rows.read_text() == edited  # --check never rewrites the committed file
+    rows.write_text(original)

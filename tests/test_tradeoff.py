@@ -100,3 +100,35 @@ def test_engine_curve_with_a_continuous_knob_reports_matched_points_and_leaves_t
     assert state["k"] == 1.0  # left at the defense's own choice
     assert 0.0 <= out["auc_90"] <= 1.0
     assert out["curve"][0]["knob"] == 0.0 and all("control_mean" in p for p in out["curve"])
+
+
+def test_the_blind_point_is_the_strongest_knob_keeping_retention_whatever_the_asr():
+    """ASR is lowest at k = 0.5 but CA keeps 90% up to k = 1: the oracle (lowest validation ASR)
+    takes 0.5, the blind point (no ASR read) takes the boundary, refined towards k = 1."""
+    state = {"k": 0.0}
+
+    def at(k):
+        state["k"] = 0.0 if k == IDENTITY else k
+
+    def val():
+        k = state["k"]
+        return {"ca": 1.0 - 0.1 * k, "asr": abs(k - 0.5), "control": {}}
+
+    def test():
+        return {**val(), "ra": 0.0}
+
+    spec = KnobSpec("alpha", [0.0, 0.5, 2.0], at, chosen=0.5, identity=0.0, continuous=True)
+    out = curves.trade_off(spec, curves.Evaluator(val, test), val(), lambda: None, lambda: None, refine_steps=6)
+    assert out["matched"]["0.90"]["knob"] == 0.5
+    blind = out["matched_blind"]["0.90"]["knob"]
+    assert 1.0 - 1.5 / 64 <= blind <= 1.0 and out["matched_blind"]["0.90"]["val_retention"] >= 0.9 - 1e-12
+    assert abs(out["matched_blind"]["0.90"]["asr"] - abs(blind - 0.5)) < 1e-12  # its own test metrics
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=1, max_size=12), st.floats(0.5, 1.0))
+def test_the_blind_point_is_feasible_and_nothing_stronger_is(cas, level):
+    pts = [{"knob": i, "ca": ca, "asr": None} for i, ca in enumerate([1.0, *cas])]
+    i = tradeoff.strongest_feasible(pts, 1.0, level)
+    assert pts[i]["ca"] >= level - 1e-12
+    assert all(p["ca"] < level - 1e-12 for p in pts[i + 1 :])
