@@ -111,11 +111,19 @@ def name_list(text: str) -> str:
     return ",".join(items)
 
 
+SEED_MAX = 2**32 - 1  # seeds feed 32-bit generators (NumPy's legacy seeding, CUDA's)
+
+
 def seed_list(text: str) -> str:
     items = _items(text)
     if not all(s.isdigit() for s in items):  # isdigit: no sign, no blanks, no decimals
         raise _fail(text, "a comma list of integers >= 0, e.g. 0,1,2")
-    return ",".join(str(int(s)) for s in items)
+    seeds = [int(s) for s in items]
+    if max(seeds) > SEED_MAX:
+        raise _fail(text, f"a comma list of distinct integers in [0, {SEED_MAX}] (32 bits)")
+    if len(set(seeds)) != len(seeds):
+        raise _fail(text, "a comma list of distinct integers, each once (a repeated seed would plan every trial twice)")
+    return ",".join(map(str, seeds))
 
 
 def float_list(text: str) -> list[float]:
@@ -186,6 +194,27 @@ def results_root(text: str) -> str:
     path = storage_path(text)
     if path is not None and path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text!r} is a file; allowed: a folder (created if missing) or file:// URI")
+    return text
+
+
+def writable_results(text: str) -> str:
+    """A storage root `bench run` can write: for a local folder, its nearest existing
+    ancestor must be a folder in which a file can be created (probed with a temporary
+    folder, removed at once), so /proc or a read-only mount is refused before any work."""
+    import tempfile
+
+    path = storage_path(results_root(text))
+    if path is None:
+        return text
+    ancestor = next((p for p in (path.absolute(), *path.absolute().parents) if p.exists()), None)
+    if ancestor is not None and not ancestor.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} lies under the file {ancestor}; allowed: a folder (created if missing)")
+    try:
+        with tempfile.TemporaryDirectory(dir=ancestor, prefix=".bench-probe-"):
+            pass
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"{text!r}: cannot write under {ancestor} ({e.strerror or e}); allowed: a "
+                                         "writable folder") from None  # fmt: skip
     return text
 
 
@@ -302,10 +331,10 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:
     )
     r.add_argument("--datasets", type=name_list, help="comma list of datasets or 'all' (default: the suite's)")
     r.add_argument("--settings", type=name_list, help="comma list of threat settings or 'all' (default: the suite's)")
-    r.add_argument("--seeds", type=seed_list, help="comma list of integers >= 0 (default: the suite's)")
+    r.add_argument("--seeds", type=seed_list, help="comma list of distinct integers in [0, 2^32 - 1] (default: the suite's)")
     r.add_argument(
         "--results",
-        type=results_root,
+        type=writable_results,
         default="results",
         help="storage root for artifacts and records: a folder (shared by all nodes on a cluster), a file:// URI, "
         "or s3://bucket/prefix (endpoint from AWS_ENDPOINT_URL)",

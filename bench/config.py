@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from bench.registry import ATTACKS, DATASETS, DEFENSES, MODELS, SETTINGS, UnknownNameError
 
@@ -110,6 +110,12 @@ def _number(value: Any) -> Any:
     return value
 
 
+def _distinct(values: list) -> list:
+    if len(set(values)) != len(values):
+        raise ValueError("each value at most once")
+    return values
+
+
 class SuiteConfig(BaseModel):
     """A suite file: which cells to run by default and every method knob it overrides.
 
@@ -125,7 +131,10 @@ class SuiteConfig(BaseModel):
     models: Names = Field(default_factory=lambda: ["tiny-clip"])
     datasets: Names = Field(default_factory=lambda: ["shapes"])
     settings: Names = Field(default_factory=lambda: ["finetune"])
-    seeds: Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)] = Field(default_factory=lambda: [0])
+    # 32-bit seeds (they feed 32-bit generators), each once: a repeated seed would plan every trial twice
+    seeds: Annotated[
+        list[Annotated[int, Field(ge=0, le=2**32 - 1)]], Field(min_length=1), AfterValidator(_distinct)
+    ] = Field(default_factory=lambda: [0])
     attacks: Names = Field(default_factory=lambda: ["all"])
     defenses: Names = Field(default_factory=lambda: ["none", "tbar", "finetune"])
     control_datasets: list[NonEmpty] = Field(default_factory=lambda: ["colors", "digits"])

@@ -26,9 +26,9 @@ statistics. Here they are saved before and restored after, to the same effect.
 
 Pruning: every neuron whose mask is <= threshold has its norm weight set to 0 (its
 bias stays), as prune_neuron_cifar.py does. The masks are learned once; the
-threshold is the strength knob (the reference's grid 0, 0.05, ..., 0.95, bisected by
-the engine), and its published value 0.2 is the defense's own choice. Nothing is
-tuned on validation.
+threshold is the strength knob (0, 0.05, ..., 0.95, bisected by the engine; the
+reference's sweep stops at 0.90, a deviation docs/methods.md lists), and its published
+value 0.2 is the defense's own choice. Nothing is tuned on validation.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ ANP_REFERENCE = {
     "threshold": 0.2, "data_fraction": 0.01, "augment": "crop-flip", "norm_mode": "train",
 }  # fmt: skip
 
-THRESHOLDS = [round(0.05 * i, 2) for i in range(20)]  # 0 to 0.95, prune_neuron_cifar.py's grid
+THRESHOLDS = [round(0.05 * i, 2) for i in range(20)]  # 0 to 0.95 (prune_neuron_cifar.py's np.arange stops at 0.90)
 
 
 def norm_layers(encoder: nn.Module) -> list[tuple[str, nn.Module]]:

@@ -14,6 +14,7 @@ SUITES = {
     "fraction.yaml": "name: x\ndefender_fraction: 1.5\n",
     "negseed.yaml": "name: x\nseeds: [-3]\n",
     "knob.yaml": "name: x\nattack_params: {badnets: {side: big}}\n",
+    "dupseed.yaml": "name: x\nseeds: [1, 1]\n",
 }
 
 # (arguments, words the one line must contain). Option errors exit before torch is imported
@@ -23,6 +24,11 @@ BAD = [
     (["run", "--seeds", "a"], ["--seeds", "integers >= 0"]),
     (["run", "--seeds", "-1"], ["--seeds", "integers >= 0"]),
     (["run", "--seeds", "0,,1"], ["--seeds"]),
+    (["run", "--seeds", "99999999999999999999"], ["--seeds", "[0, 4294967295]"]),
+    (["run", "--seeds", "0,0"], ["--seeds", "distinct"]),
+    (["run", "--results", "/proc/bench-results"], ["--results", "cannot write under /proc"]),
+    (["run", "--results", "afile/sub"], ["--results", "under the file"]),
+    (["run", "--suite", "dupseed.yaml"], ["seeds = [1, 1]", "at most once"]),
     (["analyze", "disentanglement", "--grid", "a,b"], ["--grid", "numbers"]),
     (["run", "--results", "afile"], ["--results", "is a file"]),
     (["leaderboard", "--results", "afile"], ["--results", "is a file"]),
