@@ -96,7 +96,7 @@ def trade_off(
         if spec.continuous and has_asr:
             points = tradeoff.refine(points, ca_ref, LEVELS, lambda k: measure(k), refine_steps)
         if spec.continuous:
-            points = tradeoff.refine_boundary(points, ca_ref, LEVELS, lambda k: measure(k), refine_steps)
+            points = tradeoff.refine(points, ca_ref, LEVELS, lambda k: measure(k), refine_steps, tradeoff.boundary_bracket)
 
     tests: dict = {}
 

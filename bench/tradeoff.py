@@ -93,21 +93,38 @@ def bracket(points: Sequence[dict], ca_ref: float, level: float) -> tuple[int, i
     return best, nxt
 
 
+def strongest_feasible(points: Sequence[dict], ca_ref: float, level: float) -> int:
+    """The blind operating point (methods.md section 5): index of the strongest knob value
+    (the last point; points are ordered weakest first) whose CA >= level * ca_ref. It reads
+    no ASR, so it needs no trigger: the same rule for every defense. With none feasible, 0."""
+    ok = feasible(points, ca_ref, level)
+    return ok[-1] if ok else 0
+
+
+def boundary_bracket(points: Sequence[dict], ca_ref: float, level: float) -> tuple[int, int] | None:
+    """Indices (i, i + 1) of the blind point and its infeasible neighbour: where a value
+    between them might keep the retention level with a stronger knob; None at the end."""
+    i = strongest_feasible(points, ca_ref, level)
+    return (i, i + 1) if i + 1 < len(points) else None
+
+
 def refine(
     points: list[dict],
     ca_ref: float,
     levels: Sequence[float],
     evaluate: Callable[[float], dict],
     steps: int,
+    bracket_of: Callable[[Sequence[dict], float, float], tuple[int, int] | None] = bracket,
 ) -> list[dict]:
-    """Bisect the knob between the chosen point and its infeasible neighbour, `steps`
-    times per level, so that the choice moves smoothly with the curve instead of
-    jumping by grid steps. Points must carry a numeric 'knob' and be sorted by it
-    (the identity point, if present, first). Returns the new, sorted list."""
+    """Bisect the knob inside the bracket `bracket_of` names (by default between the oracle's
+    chosen point and its infeasible neighbour; `boundary_bracket` for the blind point),
+    `steps` times per level, so that the choice moves smoothly with the curve instead of
+    jumping by grid steps. Points must carry a numeric 'knob' and be sorted by it (the
+    identity point, if present, first). Returns the new, sorted list."""
     points = list(points)
     for level in levels:
         for _ in range(steps):
-            br = bracket(points, ca_ref, level)
+            br = bracket_of(points, ca_ref, level)
             if br is None:
                 break
             lo, hi = points[br[0]], points[br[1]]
@@ -117,40 +134,6 @@ def refine(
             if mid in (lo["knob"], hi["knob"]):
                 break
             points.insert(br[1], {"knob": mid, **evaluate(mid), "refined": True})
-    return points
-
-
-def strongest_feasible(points: Sequence[dict], ca_ref: float, level: float) -> int:
-    """The blind operating point (methods.md section 5): index of the strongest knob value
-    (the last point; points are ordered weakest first) whose CA >= level * ca_ref. It reads
-    no ASR, so it needs no trigger: the same rule for every defense. With none feasible, 0."""
-    ok = feasible(points, ca_ref, level)
-    return ok[-1] if ok else 0
-
-
-def refine_boundary(
-    points: list[dict],
-    ca_ref: float,
-    levels: Sequence[float],
-    evaluate: Callable[[float], dict],
-    steps: int,
-) -> list[dict]:
-    """Bisect the knob between the strongest feasible point and its infeasible neighbour,
-    `steps` times per level, so that the blind point sits at the retention boundary rather
-    than at the last grid value before it. Numeric knobs only; returns the new, sorted list."""
-    points = list(points)
-    for level in levels:
-        for _ in range(steps):
-            i = strongest_feasible(points, ca_ref, level)
-            if i + 1 >= len(points):
-                break
-            lo, hi = points[i], points[i + 1]
-            if not isinstance(lo["knob"], (int, float)) or not isinstance(hi["knob"], (int, float)):
-                break
-            mid = (lo["knob"] + hi["knob"]) / 2
-            if mid in (lo["knob"], hi["knob"]):
-                break
-            points.insert(i + 1, {"knob": mid, **evaluate(mid), "refined": True})
     return points
 
 
