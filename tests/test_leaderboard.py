@@ -206,6 +206,10 @@ def test_leaderboard_check_passes_on_a_rerun_and_fails_on_a_hand_edit(tmp_path):
     command = (f"bench run --suite {suite} --models tiny-resnet --datasets shapes --settings supervised "
                "--attacks badnets --defenses tbar --seeds 0 --leaderboards leaderboards")  # fmt: skip
     assert command in page  # the page states the command that made it, derived from its rows
+    # a suite given by file finds its records by the suite's name, and regenerates the same page
+    again = bench("leaderboard", "--suite", str(suite), "--results", "res", "--leaderboards", str(tmp_path / "lb2"))
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "lb2" / "tinycheck-rows.csv").read_text() == (lb / "tinycheck-rows.csv").read_text()
     check = ["leaderboard", "--check", "--suite", str(suite), "--leaderboards", str(lb), "--executor", "serial"]
     ok = bench(*check)
     assert ok.returncode == 0, ok.stderr
