@@ -285,33 +285,37 @@ def answer(board: Board) -> dict:
     for best. Rows follow the first ranking (defenses over every row), then the others."""
     f = board.frame
     took = tables.took_rows(f)
-    cols = sorted({(r.attack, r.setting) for r in took.itertuples()}) if len(took) else []
+    # one column per cell, sorted by setting then attack
+    cols = sorted({tuple(r) for r in took[tables.CELL].itertuples(index=False)}, key=lambda c: (c[2], c[3], c)) if len(took) else []
     order = list(dict.fromkeys(board.summary["defense"])) if len(board.summary) else []
     grid = {}
     for d in order:
-        for attack, setting in cols:
-            sel = took[(took.defense == d) & (took.attack == attack) & (took.setting == setting)]
-            grid[d, attack, setting] = tables.stats.mean_ci(sel["asr_r95"].tolist())
+        mine = took[took.defense == d].set_index(tables.CELL)
+        for cell in cols:
+            sel = mine.loc[[cell]] if cell in mine.index else mine.iloc[0:0]
+            grid[d, cell] = tables.stats.mean_ci(sel["asr_r95"].tolist())
     best = {}
-    for attack, setting in cols:
-        ests = [grid[d, attack, setting] for d in order if d not in DETECTORS and grid[d, attack, setting].n]
+    for cell in cols:
+        ests = [grid[d, cell] for d in order if d not in DETECTORS and grid[d, cell].n]
         if ests:
             top = min(ests, key=lambda e: e.mean)
-            best[attack, setting] = top.mean + (0 if _nan(top.half) else top.half)
+            best[cell] = top.mean + (0 if _nan(top.half) else top.half)
     rows = []
     for d in order:
         if d in DETECTORS:
             continue
         cells = []
-        for attack, setting in cols:
-            est = grid[d, attack, setting]
+        for cell in cols:
+            est = grid[d, cell]
             low = est.mean - (0 if _nan(est.half) else est.half)
-            tied = bool(est.n) and (attack, setting) in best and low <= best[attack, setting] + 1e-12
+            tied = bool(est.n) and cell in best and low <= best[cell] + 1e-12
             cells.append({"text": pct(est.mean, est.half, 0), "value": est.mean, "n": est.n, "best": tied,
                           "colour": None if _nan(est.mean) else _viridis(est.mean),
                           "dark": not _nan(est.mean) and est.mean > 0.55})  # fmt: skip
         rows.append({"defense": d, "cells": cells})
-    return {"cols": [f"{a} / {s}" for a, s in cols], "rows": rows}
+    # a column is named by its attack and setting, and by its model and dataset where those vary
+    short = len({(c[3], c[2]) for c in cols}) == len(cols)
+    return {"cols": [f"{c[3]} / {c[2]}" if short else f"{c[0]} / {c[1]} / {c[3]} / {c[2]}" for c in cols], "rows": rows}
 
 
 def _num(v: float, fmt: str) -> str:
