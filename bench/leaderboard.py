@@ -366,7 +366,8 @@ def rankings(board: Board) -> list[dict]:
                 else f"over the {int(first.k)} seeds of one cell")  # fmt: skip
         newcomers = ", ".join(d for d in grp["defense"] if d not in set(s[s.group == 0]["defense"]))
         title = "every row whose attack took" if g == 0 else f"the {int(first.k)} rows that {newcomers} ran on"
-        rows_note = f"{int(first.k)} (cell, seed) rows in {int(first.cells)} cell(s); ± is the 95% interval {unit}"
+        rows_note = (f"{int(first.k)} (cell, seed) rows in {int(first.cells)} cell(s); ± is the 95% interval {unit}"
+                     if first.k > 1 else "one (cell, seed) row: one seed gives no interval")  # fmt: skip
         out.append({"group": int(g), "title": title, "note": rows_note, "rows": rows,
                     "significance": significance(board, int(g))})  # fmt: skip
     return out
