@@ -306,7 +306,10 @@ def _init_ray(opts: RayOptions) -> bool:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=opts.num_cpus or os.cpu_count(), **kwargs)
+        # "local": always a new Ray of our own. Without it, ray.init() joins whatever cluster
+        # /tmp/ray/ray_current_cluster names (a `ray start` of the user's, or a stale file
+        # left by a killed one) and then refuses num_cpus; --address auto joins on purpose.
+        ray.init(address="local", num_cpus=opts.num_cpus or os.cpu_count(), **kwargs)
     return True
 
 

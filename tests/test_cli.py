@@ -70,7 +70,7 @@ def test_run_end_to_end_then_rerun_computes_nothing(tmp_path):
     board = (tmp_path / "lb" / "e2e.md").read_text()
     assert "## tiny-clip / shapes / finetune" in board and "| badnets | tbar |" in board
     csv_head = (tmp_path / "lb" / "e2e.csv").read_text().splitlines()[0]
-    assert csv_head.startswith("model,dataset,setting,attack,defense,n_seeds,n_took,ca,ca_ci,ca_std,asr,asr_ci")
+    assert csv_head.startswith("model,dataset,setting,attack,defense,n_seeds,n_took,ca,ca_lo,ca_hi,ca_std,asr,asr_lo")
     artifact = next((tmp_path / "res" / "artifacts").iterdir())
     assert (artifact / "model.safetensors").exists() and (artifact / "trigger.png").exists()
 
