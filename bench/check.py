@@ -120,59 +120,71 @@ def _planned_rows(suite, sel: PageSelection) -> set[tuple]:
 def page_selections(rows: pd.DataFrame, suite) -> list[PageSelection]:
     """Selections whose grids, planned with `suite`, together give exactly the page's rows.
 
-    Per (model, dataset, setting), defenses with the same seeds are run together over the
-    union of their attacks when that plans exactly their rows (a known-trigger defense is
-    skipped on the clean reference by the planner, so it needs no command of its own);
-    otherwise each defense gets its own. Selections that differ only in the (model,
-    dataset, setting) are then merged where the merged grid plans exactly their union.
-    `none` is in every grid; a `none` row no other defense shares gets a selection too."""
+    Per (model, dataset, setting): defenses that ran on the same attacks and seeds form one
+    selection (a known-trigger defense is skipped on the clean reference by the planner,
+    so it needs no command of its own); two selections with the same seeds are merged when
+    the merged grid plans exactly their union; a defense whose rows are no grid gets one
+    selection per seed. Selections that differ only in the (model, dataset, setting) are
+    then merged the same way. `none` is in every grid; a `none` row no other defense
+    shares gets a selection too. Every selection is checked by planning it."""
     want = {tuple(r) for r in rows[ROW_KEYS].itertuples(index=False)}
     chosen: list[tuple[PageSelection, set]] = []
     for (model, dataset, setting), g in rows.groupby(GROUP, sort=True):
         place = ((model,), (dataset,), (setting,))
-        by_defense = {d: gd for d, gd in g.groupby("defense", sort=True) if d != "none"}
-        by_seeds: dict[tuple, list[str]] = {}
-        for d, gd in by_defense.items():
-            by_seeds.setdefault(tuple(sorted(set(gd["seed"]))), []).append(d)
-        for seeds, defenses in sorted(by_seeds.items()):
-            attacks = tuple(sorted(set(g[g["defense"].isin(defenses)]["attack"])))
+        mine = {r for r in want if r[:3] == (model, dataset, setting)}
+        by_key: dict[tuple, list[str]] = {}
+        for d, gd in g.groupby("defense", sort=True):
+            if d != "none":
+                by_key.setdefault((tuple(sorted(set(gd["attack"]))), tuple(sorted(set(gd["seed"])))), []).append(d)
+        local: list[tuple[PageSelection, set]] = []
+        for (attacks, seeds), defenses in sorted(by_key.items()):
             sel = PageSelection(*place, attacks, tuple(defenses), seeds)
             got = _planned_rows(suite, sel)
-            mine = {r for r in want if r[:3] == (model, dataset, setting) and r[4] in (*defenses, "none")}
-            theirs = {r for r in mine if r[4] in defenses}
-            if theirs <= got <= mine:
-                chosen.append((sel, got))
+            if {r for r in mine if r[4] in defenses} <= got <= mine:
+                local.append((sel, got))
                 continue
-            for d in defenses:
-                gd = by_defense[d]
-                one = PageSelection(*place, tuple(sorted(set(gd["attack"]))), (d,), tuple(sorted(set(gd["seed"]))))
-                chosen.append((one, _planned_rows(suite, one)))
+            for d in defenses:  # rows that are no grid: one selection per (defense, seed)
+                for seed in seeds:
+                    atk = tuple(sorted({r[3] for r in mine if r[4] == d and r[5] == seed}))
+                    one = PageSelection(*place, atk, (d,), (seed,))
+                    local.append((one, _planned_rows(suite, one)))
+        chosen += _merge(local, suite, _union_grids)
         covered = set().union(*(got for _, got in chosen)) if chosen else set()
-        left = {r for r in want if r[:3] == (model, dataset, setting) and r not in covered}
-        for seeds in sorted({r[5] for r in left}):
-            attacks = tuple(sorted({r[3] for r in left if r[5] == seeds}))
-            one = PageSelection(*place, attacks, ("none",), (seeds,))
+        left = {r for r in mine if r not in covered}
+        for seed in sorted({r[5] for r in left}):
+            attacks = tuple(sorted({r[3] for r in left if r[5] == seed}))
+            one = PageSelection(*place, attacks, ("none",), (seed,))
             chosen.append((one, _planned_rows(suite, one)))
-    return _merge_places(chosen, suite)
+    return [s for s, _ in _merge(chosen, suite, _union_places)]
 
 
-def _merge_places(chosen: list[tuple[PageSelection, set]], suite) -> list[PageSelection]:
+def _union_grids(a: PageSelection, b: PageSelection) -> PageSelection:
+    return PageSelection(a.models, a.datasets, a.settings, tuple(sorted({*a.attacks, *b.attacks})),
+                         tuple(sorted({*a.defenses, *b.defenses})), a.seeds)  # fmt: skip
+
+
+def _union_places(a: PageSelection, b: PageSelection) -> PageSelection | None:
+    if (a.attacks, a.defenses, a.seeds) != (b.attacks, b.defenses, b.seeds):
+        return None
+    return PageSelection(tuple(sorted({*a.models, *b.models})), tuple(sorted({*a.datasets, *b.datasets})),
+                         tuple(sorted({*a.settings, *b.settings})), a.attacks, a.defenses, a.seeds)  # fmt: skip
+
+
+def _merge(chosen: list[tuple[PageSelection, set]], suite, union) -> list[tuple[PageSelection, set]]:
+    """Greedily merge selections (same seeds) whose merged grid plans exactly their union."""
     merged: list[tuple[PageSelection, set]] = []
     for sel, got in chosen:
         for i, (m, mgot) in enumerate(merged):
-            if (m.attacks, m.defenses, m.seeds) != (sel.attacks, sel.defenses, sel.seeds):
+            u = union(m, sel) if m.seeds == sel.seeds else None
+            if u is None:
                 continue
-            union = PageSelection(
-                tuple(sorted({*m.models, *sel.models})), tuple(sorted({*m.datasets, *sel.datasets})),
-                tuple(sorted({*m.settings, *sel.settings})), sel.attacks, sel.defenses, sel.seeds,
-            )  # fmt: skip
-            planned = _planned_rows(suite, union)
+            planned = _planned_rows(suite, u)
             if planned == mgot | got:
-                merged[i] = (union, planned)
+                merged[i] = (u, planned)
                 break
         else:
             merged.append((sel, got))
-    return [s for s, _ in merged]
+    return merged
 
 
 def page_commands(rows: pd.DataFrame, suite, suite_ref: str) -> list[str]:
