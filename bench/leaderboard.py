@@ -527,7 +527,13 @@ def write(
     out_dir = Path(out_dir)
     board = build(records, suite, provenance)
     if suite_cfg is not None and len(board.frame):
-        board.provenance["commands"] = check.page_commands(board.frame, suite_cfg, suite_ref or suite)
+        from bench.config import ConfigError
+        from bench.registry import UnknownNameError
+
+        try:
+            board.provenance["commands"] = check.page_commands(board.frame, suite_cfg, suite_ref or suite)
+        except (ConfigError, UnknownNameError) as e:  # records of a method or config this code no longer has
+            board.provenance["commands"] = [f"(no command reproduces these records with this code: {e})"]
     paths = {"markdown": out_dir / f"{suite}.md", "csv": out_dir / f"{suite}.csv", "rows": out_dir / f"{suite}-rows.csv",
              "html": out_dir / f"{suite}.html"}  # fmt: skip
     atomic_write_bytes(paths["markdown"], render_markdown(board).encode())
