@@ -250,15 +250,22 @@ def test_a_broken_plugin_is_one_warning_and_everything_else_works(tmp_path):
     assert r.stderr.count("bench: warning: plugin 'sloppy-plugin'") == 2
 
 
-def test_the_ci_suite_names_exactly_the_builtin_methods():
+def test_the_ci_page_runs_exactly_the_builtin_methods():
+    """CI reruns the committed ci page's own commands (bench leaderboard --check): together
+    they must run every built-in attack and defense, and the suite names its methods one by
+    one, so an installed plugin never changes the grid CI checks."""
+    from bench import check
     from bench.config import load_suite
     from bench.registry import ATTACKS, DEFENSES, load_plugins
 
     load_plugins()
-    suite = load_suite("ci")
     builtin = {reg.kind: sorted(e.name for e in reg if e.obj.__module__.split(".")[0] in ("attacks", "defenses"))
                for reg in (ATTACKS, DEFENSES)}  # fmt: skip
-    assert sorted(suite.attacks) == builtin["attack"] and sorted(suite.defenses) == builtin["defense"]
+    rows = check.read_rows((Path(__file__).parents[1] / "leaderboards" / "ci-rows.csv").read_text())
+    assert sorted(set(rows["attack"])) == builtin["attack"] and sorted(set(rows["defense"])) == builtin["defense"]
+    suite = load_suite("ci")
+    assert "all" not in suite.attacks and "all" not in suite.defenses
+    assert set(suite.attacks) <= set(builtin["attack"]) and set(suite.defenses) <= set(builtin["defense"])
 
 
 # ---------------------------------------------------------------- 4. damaged weights, executors
