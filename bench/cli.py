@@ -128,7 +128,7 @@ def preflight(plan) -> list[str]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bench import leaderboard
-    from bench.grid import Events, Selection, plan_grid, run_serial
+    from bench.grid import Selection, plan_grid, run_serial
     from bench.store import Store
     from bench.trial import trial_id
 
@@ -183,7 +183,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench.progress import RunDisplay
 
     with RunDisplay(console) as display:
-        events = Events(display.start, display.record, display.progress, display.plan, display.unit_end)
+        events = display.events()
         if ray_opts is None:
             summary = run_serial(plan, store, events=events)
         else:
@@ -289,7 +289,7 @@ def _check_leaderboard(args: argparse.Namespace) -> int:
     import tempfile
 
     from bench import check, leaderboard, tables
-    from bench.grid import Events, run_serial
+    from bench.grid import run_serial
     from bench.progress import RunDisplay
     from bench.store import Store
 
@@ -308,7 +308,7 @@ def _check_leaderboard(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-check-") as tmp:
         store = Store(Path(tmp) / "results")
         with RunDisplay(console) as display:
-            events = Events(display.start, display.record, display.progress, display.plan, display.unit_end)
+            events = display.events()
             if args.executor == "serial":
                 _threads()
                 summary = run_serial(plan, store, events=events)

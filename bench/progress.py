@@ -67,10 +67,10 @@ class RunDisplay:
         self._refresh()
 
     def record(self, record: dict, reused: bool) -> None:
-        c = record["config"]
+        from bench.grid import trial_label_of
+
         tag = "reused" if reused else record["status"]
-        label = f"{c['model']}/{c['dataset']}/{c['setting']}/{c['attack']}/{c['defense']}/seed{c['seed']}"
-        self.console.print(f"  {tag:>6}  {label}", highlight=False)
+        self.console.print(f"  {tag:>6}  {trial_label_of(record)}", highlight=False)
         if not reused:
             with self._lock:
                 self.trials_done += 1
@@ -120,6 +120,12 @@ class RunDisplay:
     def _beat(self) -> None:
         while not self._stop.wait(self.every):
             self.console.print(self.line(), highlight=False, markup=False)
+
+    def events(self):
+        """The executor's events (grid.Events), wired to this display."""
+        from bench.grid import Events
+
+        return Events(self.start, self.record, self.progress, self.plan, self.unit_end)
 
     # ------------------------------------------------------------ lifetime
 
