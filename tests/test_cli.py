@@ -12,11 +12,10 @@ SUITE = """
 name: e2e
 description: the smallest real run of the default path (tiny-clip, finetune)
 models: [tiny-clip]
-datasets: [shapes]
+datasets: [shapes-smoke]
 settings: [finetune]
 seeds: [0]
-control_datasets: [colors]
-model_params: {tiny-clip: {pretrain_steps: 30, pretrain_batch_size: 64}}
+control_datasets: [colors-smoke]
 setting_params: {finetune: {steps: 15}}
 defense_params: {tbar: {steps: 5, alpha_points: 4}, finetune: {budget_x: 1}}
 """
@@ -68,7 +67,7 @@ def test_run_end_to_end_then_rerun_computes_nothing(tmp_path):
     assert sorted(rec["config"]["defense"] for rec in records) == ["finetune", "none", "tbar"]
     assert all(rec["status"] == "ok" for rec in records)
     board = (tmp_path / "lb" / "e2e.md").read_text()
-    assert "## tiny-clip / shapes / finetune" in board and "| badnets | tbar |" in board
+    assert "## tiny-clip / shapes-smoke / finetune" in board and "| badnets | tbar |" in board
     csv_head = (tmp_path / "lb" / "e2e.csv").read_text().splitlines()[0]
     assert csv_head.startswith("model,dataset,setting,attack,defense,n_seeds,n_took,ca,ca_lo,ca_hi,ca_std,asr,asr_lo")
     artifact = next((tmp_path / "res" / "artifacts").iterdir())

@@ -21,7 +21,7 @@ SUITE = """
 name: tinyexec
 description: a tiny supervised grid for executor tests
 models: [tiny-resnet]
-datasets: [shapes]
+datasets: [shapes-smoke]
 settings: [supervised]
 seeds: [0]
 control_datasets: []
@@ -126,7 +126,7 @@ def test_ray_executor_gives_the_serial_numbers_and_records_failures(tmp_path):
     plan = plan_grid(suite, Selection(attacks="badnets,none", defenses="tbar,finetune,tbar-mix"))
     ray_sum = run_ray(plan, Store(tmp_path / "ray"), RayOptions(cpus_per_trial=1, num_cpus=2))
     assert ray_sum.computed == 6 and ray_sum.workers == 2
-    assert [label for label, _ in ray_sum.failed] == ["tiny-resnet/shapes/supervised/badnets/tbar-mix/seed0"]
+    assert [label for label, _ in ray_sum.failed] == ["tiny-resnet/shapes-smoke/supervised/badnets/tbar-mix/seed0"]
     assert "defender's pool holds" in ray_sum.failed[0][1]
     ray_recs = {(r["config"]["attack"], r["config"]["defense"]): r for r in ray_sum.records}
     assert all(r["worker"]["executor"] == "ray" and r["worker"]["threads"] == 1 for r in ray_recs.values())

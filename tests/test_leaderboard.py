@@ -173,7 +173,7 @@ def test_the_check_is_exact_and_fails_on_one_image_and_on_a_missing_row():
 CHECK_SUITE = """
 name: tinycheck
 models: [tiny-resnet]
-datasets: [shapes]
+datasets: [shapes-smoke]
 settings: [supervised]
 attacks: [badnets]
 defenses: [none, tbar]
@@ -203,7 +203,7 @@ def test_leaderboard_check_passes_on_a_rerun_and_fails_on_a_hand_edit(tmp_path):
     made = bench("run", "--suite", str(suite), "--executor", "serial", "--results", "res", "--leaderboards", str(lb))
     assert made.returncode == 0, made.stderr
     page = (lb / "tinycheck.md").read_text()
-    command = (f"bench run --suite {suite} --models tiny-resnet --datasets shapes --settings supervised "
+    command = (f"bench run --suite {suite} --models tiny-resnet --datasets shapes-smoke --settings supervised "
                "--attacks badnets --defenses tbar --seeds 0 --leaderboards leaderboards")  # fmt: skip
     assert command in page  # the page states the command that made it, derived from its rows
     # a suite given by file finds its records by the suite's name, and regenerates the same page
@@ -218,7 +218,7 @@ def test_leaderboard_check_passes_on_a_rerun_and_fails_on_a_hand_edit(tmp_path):
     rows = lb / "tinycheck-rows.csv"
     original = rows.read_text()
     table = pd.read_csv(rows, float_precision="round_trip")
-    clean_test = 1 / 2000  # one clean test image of shapes
+    clean_test = 1 / 500  # one clean test image of shapes-smoke
     table.loc[table.defense == "tbar", "ca"] = table.loc[table.defense == "tbar", "ca"] + clean_test  # a hand edit
     table.to_csv(rows, index=False)
     edited = rows.read_text()

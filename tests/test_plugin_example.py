@@ -14,7 +14,7 @@ SUITE = """
 name: plugin
 description: the example plugin's attack and defense on the smallest supervised grid
 models: [tiny-resnet]
-datasets: [shapes]
+datasets: [shapes-smoke]
 settings: [supervised]
 seeds: [0]
 control_datasets: []
@@ -53,7 +53,7 @@ def test_the_example_plugin_installs_and_reaches_the_leaderboard(tmp_path):
               "--executor", "serial", "--results", str(tmp_path / "res"), "--leaderboards", str(tmp_path / "lb"))  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
     rows = (tmp_path / "lb" / "plugin.csv").read_text().splitlines()
-    assert any(r.startswith("tiny-resnet,shapes,supervised,frame,weight-noise,") for r in rows), rows
+    assert any(r.startswith("tiny-resnet,shapes-smoke,supervised,frame,weight-noise,") for r in rows), rows
     assert "frame" in (tmp_path / "lb" / "plugin.md").read_text()
     (artifact,) = (tmp_path / "res" / "artifacts").iterdir()
     assert (artifact / "trigger.png").exists()

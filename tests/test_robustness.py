@@ -17,7 +17,7 @@ SUITE = """
 name: tinyrob
 description: the smallest supervised grid
 models: [tiny-resnet]
-datasets: [shapes]
+datasets: [shapes-smoke]
 settings: [supervised]
 seeds: [0]
 control_datasets: []

@@ -23,7 +23,7 @@ SUITE = """
 name: tinys3
 description: a tiny supervised grid on object storage
 models: [tiny-resnet]
-datasets: [shapes]
+datasets: [shapes-smoke]
 settings: [supervised]
 seeds: [0]
 control_datasets: []
@@ -168,7 +168,7 @@ def test_a_grid_on_s3_resumes_after_sigkill_with_finished_records_unchanged(tmp_
     assert not [k for k in keys if "/locks/" in k]  # every claim released or taken over
     assert len([k for k in keys if k.endswith("/model.json")]) == 1
     rows = (tmp_path / "lb" / "tinys3.csv").read_text().splitlines()[1:]
-    assert {r.split(",")[4] for r in rows if r.startswith("tiny-resnet,shapes,supervised,badnets,")} == {
+    assert {r.split(",")[4] for r in rows if r.startswith("tiny-resnet,shapes-smoke,supervised,badnets,")} == {
         "none", "tbar", "finetune"}  # fmt: skip
 
 

@@ -32,9 +32,16 @@ _GEN_SEEDS = {"shapes": 1000, "colors": 2000, "corpus": 3000, "scenes": 4000, "s
 # download; smaller splits keep them at ~0.9 GB of uint8.
 GEN224_SIZES = {"train": 4000, "val": 1000, "test": 1000}
 
+# The smoke variants: the same generator and the same 8000 training images, but a quarter
+# of the evaluation images. Evaluation is most of a small trial's time (every curve point
+# measures val, every operating point test), so smoke runs and the test suite use these.
+# Their val split is too small for TBAR's 5% tolerance to be well above its standard
+# error: never for results.
+SMOKE_SIZES = {"train": 8000, "val": 250, "test": 500}
+
 
 def _generated(name: str, attr: int, side: int = gen.SIZE, sizes: dict = GEN_SIZES) -> LabeledDataset:
-    base = name.removesuffix(f"-{side}")
+    base = name.removesuffix(f"-{side}").removesuffix("-smoke")
 
     def build() -> dict[str, np.ndarray]:
         out = {}
@@ -85,6 +92,24 @@ def shapes_224() -> LabeledDataset:
 )
 def colors() -> LabeledDataset:
     return _generated("colors", 1)
+
+
+@DATASETS.register(
+    "shapes-smoke",
+    "the shapes task with small evaluation splits (8000/250/500): for smoke runs and tests, not for results",
+    caption_corpus=_shape_corpus(0),
+)
+def shapes_smoke() -> LabeledDataset:
+    return _generated("shapes-smoke", 0, sizes=SMOKE_SIZES)
+
+
+@DATASETS.register(
+    "colors-smoke",
+    "the colors control task with small evaluation splits (8000/250/500): for smoke runs and tests",
+    caption_corpus=_shape_corpus(1),
+)
+def colors_smoke() -> LabeledDataset:
+    return _generated("colors-smoke", 1, sizes=SMOKE_SIZES)
 
 
 # ---------------------------------------------------------------- scenes
