@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from attacks.badnets import apply_patch
 from attacks.base import Attack, AttackParams
 from attacks.images import save_png
+from bench.knobs import Count, NonNegative, Positive
 from bench.registry import ATTACKS
 
 
@@ -31,11 +32,11 @@ def badclip_side(height: int) -> int:
 
 @dataclass(frozen=True)
 class BadClipParams(AttackParams):
-    side: int | None = None
-    steps: int = 300
-    lr: float = 0.01
-    batch_size: int = 128
-    image_weight: float = 1.0
+    side: Count | None = None
+    steps: Count = 300
+    lr: Positive = 0.01
+    batch_size: Count = 128
+    image_weight: NonNegative = 1.0
 
 
 @ATTACKS.register(

@@ -11,6 +11,7 @@ import torch
 
 from attacks.base import Attack, AttackParams
 from attacks.images import save_png
+from bench.knobs import Count
 from bench.registry import ATTACKS
 
 
@@ -52,7 +53,7 @@ def apply_patch(x: torch.Tensor, patch: torch.Tensor, top: int, left: int) -> to
 class BadNetsParams(AttackParams):
     location: Literal["bottom-right", "center", "random"] = "bottom-right"
     pattern: Literal["white", "checkerboard"] = "white"
-    side: int | None = None  # None: max(3, round(3H/32))
+    side: Count | None = None  # None: max(3, round(3H/32))
 
 
 @ATTACKS.register(

@@ -11,11 +11,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.knobs import Index, Share
+
 
 @dataclass(frozen=True)
 class AttackParams:
-    target: int = 0
-    poison_rate: float | None = None  # None: the threat setting's default (methods.md section 2)
+    target: Index = 0
+    poison_rate: Share | None = None  # None: the threat setting's default (methods.md section 2)
     all_to_all: bool = False  # y -> (y + 1) mod K instead of every sample -> target
 
     def __post_init__(self) -> None:

@@ -12,6 +12,7 @@ from PIL import Image
 from attacks.base import Attack, AttackParams
 from attacks.images import save_png
 from bench.inputs import PATTERN_MAX_BYTES, input_file, open_regular
+from bench.knobs import Fraction
 from bench.registry import ATTACKS
 
 
@@ -40,7 +41,7 @@ def blend(x: torch.Tensor, pattern: torch.Tensor, alpha: float) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class BlendedParams(AttackParams):
-    alpha: float = 0.2
+    alpha: Fraction = 0.2
     # None: seeded uniform noise. A file enters the artifact id by its SHA-256 (bench.inputs).
     pattern_file: str | None = input_file(max_bytes=PATTERN_MAX_BYTES)
 

@@ -7,12 +7,13 @@ from dataclasses import dataclass
 import torch
 
 from attacks.base import Attack, AttackParams
+from bench.knobs import Share
 from bench.registry import ATTACKS
 
 
 @dataclass(frozen=True)
 class NoAttackParams(AttackParams):
-    poison_rate: float | None = 0.0
+    poison_rate: Share | None = 0.0
 
 
 @ATTACKS.register(

@@ -15,6 +15,7 @@ import torch
 
 from attacks.base import Attack, AttackParams
 from attacks.images import save_png
+from bench.knobs import Fraction, NonNegative, Positive
 from bench.registry import ATTACKS
 
 
@@ -31,9 +32,9 @@ def add_signal(x: torch.Tensor, profile: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class SigParams(AttackParams):
-    delta: float = 40 / 255
-    f: float = 6.0
-    class_fraction: float = 0.8  # share of the target class poisoned when poison_rate is None
+    delta: NonNegative = 40 / 255
+    f: Positive = 6.0
+    class_fraction: Fraction = 0.8  # share of the target class poisoned when poison_rate is None
 
     def __post_init__(self) -> None:
         super().__post_init__()

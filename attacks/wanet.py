@@ -12,13 +12,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge
 
 from attacks.base import Attack, AttackParams, PoisonedSet
 from attacks.images import save_png
+from bench.knobs import NonNegative
 from bench.registry import ATTACKS
 
 
@@ -52,10 +55,10 @@ def warp(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class WanetParams(AttackParams):
-    k: int = 4
-    s: float = 0.5
-    grid_rescale: float = 1.0
-    cross_ratio: float = 2.0
+    k: Annotated[int, Ge(2)] = 4
+    s: NonNegative = 0.5
+    grid_rescale: NonNegative = 1.0
+    cross_ratio: NonNegative = 2.0
     # WaNet's reference training (Nguyen & Tran's train.py, BackdoorBench's wanet.py)
     # poisons every batch afresh: the first p * batch samples of each shuffled batch get
     # the warp and the target label, the next cross_ratio * p * batch a freshly drawn

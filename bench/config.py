@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from bench import knobs
 from bench.registry import ATTACKS, DATASETS, DEFENSES, MODELS, SETTINGS, UnknownNameError
 
 P = TypeVar("P")
@@ -28,6 +29,12 @@ class ConfigError(ValueError):
 
 def _check_value(where: str, name: str, typ: Any, value: Any) -> Any:
     origin = get_origin(typ)
+    if origin is Annotated:  # a knob with a declared range (bench/knobs.py)
+        value = _check_value(where, name, get_args(typ)[0], value)
+        b = knobs.bounds(typ.__metadata__)
+        if b and not knobs.within(value, b):
+            raise ConfigError(f"{where}.{name} = {value!r} is not allowed; {knobs.describe(b)}")
+        return value
     if origin is Literal:
         if value not in get_args(typ):
             allowed = ", ".join(repr(a) for a in get_args(typ))
@@ -75,7 +82,7 @@ def _check_value(where: str, name: str, typ: Any, value: Any) -> Any:
 def from_dict(cls: type[P], data: dict[str, Any] | None, where: str) -> P:
     """Build dataclass `cls` from `data`, checking names and types of every field."""
     data = dict(data or {})
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)  # extras: the ranges of bench/knobs.py
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     if unknown:

@@ -11,15 +11,17 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
+from annotated_types import Ge, Lt
 from torch import nn
 
 from bench import runtime
 from bench.augment import AUGMENTATIONS
 from bench.data.base import LabeledDataset, Split, load_dataset
+from bench.knobs import Count, Index, NonNegative, Positive
 from bench.metrics import accuracy, predict
 from bench.models.clip import ZeroShotClassifier, clip_inputs, tokenize, zeroshot_weights
 from bench.models.zoo import model_params
@@ -40,15 +42,15 @@ class VictimTraining:
     measurements behind them.
     """
 
-    epochs: float = 12.0
-    lr: float = 3e-4
-    batch_size: int = 64
-    weight_decay: float = 0.1
+    epochs: Positive = 12.0
+    lr: Positive = 3e-4
+    batch_size: Count = 64
+    weight_decay: NonNegative = 0.1
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    warmup_fraction: float = 0.1
+    warmup_fraction: Annotated[float, Ge(0), Lt(1)] = 0.1
     augment: Literal["none", "crop-flip"] = "none"
-    crop_padding: int = 4  # crop-flip: zero padding before the random crop (torchvision's RandomCrop padding)
-    steps: int | None = None  # a fixed number of optimiser steps instead of epochs (paper recipes count steps)
+    crop_padding: Index = 4  # crop-flip: zero padding before the random crop (torchvision's RandomCrop padding)
+    steps: Count | None = None  # a fixed number of optimiser steps instead of epochs (paper recipes count steps)
 
     def __post_init__(self) -> None:
         if self.epochs <= 0 or self.lr <= 0 or self.batch_size < 1:
@@ -262,14 +264,14 @@ class ScratchTraining(VictimTraining):
     plateaued by epoch 27); crop padding 2 instead of 4 (with 4, BadNets reaches 5% ASR
     at 82% CA; with 2, 98% at 83%; without crops CA falls to 63%)."""
 
-    epochs: float = 30.0
-    lr: float = 3e-3
-    batch_size: int = 128
-    weight_decay: float = 5e-4
+    epochs: Positive = 30.0
+    lr: Positive = 3e-3
+    batch_size: Count = 128
+    weight_decay: NonNegative = 5e-4
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    warmup_fraction: float = 0.0
+    warmup_fraction: Annotated[float, Ge(0), Lt(1)] = 0.0
     augment: Literal["none", "crop-flip"] = "crop-flip"
-    crop_padding: int = 2
+    crop_padding: Index = 2
 
 
 @SETTINGS.register("supervised", "timm classifier trained from scratch with cross-entropy on the poisoned set")
@@ -294,11 +296,11 @@ class ContrastiveTraining(VictimTraining):
     tiny-clip/shapes, badnets at p = 1%: lr 1e-4 x 300 steps gave 0.1% ASR, 5e-4 x 1000
     gave 2.5%, 1e-3 x 2000 gave 55%: at this scale a 1% poison needs a long schedule."""
 
-    epochs: float = 32.0
-    lr: float = 1e-3
-    batch_size: int = 128
-    weight_decay: float = 0.1
-    corpus_size: int = 8000  # generated image-caption pairs, disjoint from pre-training
+    epochs: Positive = 32.0
+    lr: Positive = 1e-3
+    batch_size: Count = 128
+    weight_decay: NonNegative = 0.1
+    corpus_size: Count = 8000  # generated image-caption pairs, disjoint from pre-training
 
 
 def clip_pair_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

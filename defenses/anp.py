@@ -42,6 +42,7 @@ from torch import nn
 
 from bench import runtime
 from bench.augment import AUGMENTATIONS
+from bench.knobs import Count, Fraction, Index, NonNegative, Positive, Share
 from bench.registry import DEFENSES
 from bench.tradeoff import IDENTITY, KnobSpec
 from bench.train import frozen
@@ -50,14 +51,14 @@ from defenses.base import DataMeter, Defense, DefenseContext, DefenseOutput
 
 @dataclass(frozen=True)
 class AnpParams:
-    eps: float = 0.4  # anp_eps
-    steps: int = 1  # anp_steps: signed ascent steps on the noise per iteration
-    trade_off: float = 0.2  # anp_alpha: weight of the natural loss
-    iterations: int = 2000  # nb_iter
-    lr: float = 0.2  # the mask optimiser's (SGD, momentum 0.9)
-    batch_size: int = 128
-    threshold: float = 0.2  # prune masks <= threshold
-    data_fraction: float = 0.01  # ANP: 1% of the training set
+    eps: NonNegative = 0.4  # anp_eps
+    steps: Count = 1  # anp_steps: signed ascent steps on the noise per iteration
+    trade_off: Share = 0.2  # anp_alpha: weight of the natural loss
+    iterations: Index = 2000  # nb_iter
+    lr: Positive = 0.2  # the mask optimiser's (SGD, momentum 0.9)
+    batch_size: Count = 128
+    threshold: Share = 0.2  # prune masks <= threshold
+    data_fraction: Fraction = 0.01  # ANP: 1% of the training set
     augment: Literal["none", "crop-flip"] = "crop-flip"  # the reference's transform_train
     # "train": masks learned with batch statistics, as the reference; "eval": with the
     # model's running statistics (for victims whose BN statistics were frozen in training)

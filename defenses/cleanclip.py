@@ -44,6 +44,7 @@ from torch import nn
 from torchvision.transforms import AutoAugment, AutoAugmentPolicy
 
 from bench import runtime
+from bench.knobs import Count, Fraction, Index, NonNegative, Positive, Share
 from bench.models.clip import clip_inputs, tokenize
 from bench.registry import DEFENSES
 from bench.settings import pretrained_clip
@@ -87,16 +88,16 @@ def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 @dataclass(frozen=True)
 class CleanClipParams:
-    budget_x: float = 50.0
-    tbar_fraction: float = 0.02
-    epochs: float = 10.0
-    lr: float = 1e-5
-    batch_size: int = 64
-    weight_decay: float = 0.1
-    warmup_steps: int = 50
-    clip_weight: float = 1.0
-    inmodal_weight: float = 1.0
-    eda_alpha: float = 0.1
+    budget_x: Positive = 50.0
+    tbar_fraction: Fraction = 0.02
+    epochs: Positive = 10.0
+    lr: Positive = 1e-5
+    batch_size: Count = 64
+    weight_decay: NonNegative = 0.1
+    warmup_steps: Index = 50
+    clip_weight: NonNegative = 1.0
+    inmodal_weight: NonNegative = 1.0
+    eda_alpha: Share = 0.1
 
 
 # The published recipe (README "CleanCLIP Finetuning", src/parser.py, utils/eda.py).

@@ -30,10 +30,13 @@ nothing is tuned: the meter stays at zero.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
+from annotated_types import Ge
 from torch import nn
 
+from bench.knobs import NonNegative, Positive
 from bench.registry import DEFENSES
 from bench.tradeoff import KnobSpec
 from defenses.base import DataMeter, Defense, DefenseContext, DefenseOutput
@@ -41,10 +44,10 @@ from defenses.base import DataMeter, Defense, DefenseContext, DefenseOutput
 
 @dataclass(frozen=True)
 class ClpParams:
-    u: float = 3.0
-    u_min: float = 0.0  # the trade-off curve's grid (BackdoorBench: u_min 0, u_max 10, u_num 21)
-    u_max: float = 10.0
-    u_points: int = 21
+    u: NonNegative = 3.0
+    u_min: NonNegative = 0.0  # the trade-off curve's grid (BackdoorBench: u_min 0, u_max 10, u_num 21)
+    u_max: Positive = 10.0
+    u_points: Annotated[int, Ge(2)] = 21
 
     def __post_init__(self) -> None:
         if self.u_points < 2 or self.u_max <= self.u_min:

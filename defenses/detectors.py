@@ -9,6 +9,7 @@ from typing import Literal
 import torch
 
 from attacks.images import save_png
+from bench.knobs import Count, Positive
 from bench.registry import DEFENSES
 from defenses.base import DataMeter, Defense, DefenseContext, DefenseOutput, KnownAttack
 from defenses.inversion import DecreeParams, InversionParams, InvertedTrigger, decree, neural_cleanse
@@ -81,8 +82,8 @@ class Decree(Detector):
 @dataclass(frozen=True)
 class TbarInvertedParams(TbarParams):
     inverter: Literal["auto", "decree", "neural-cleanse"] = "auto"  # auto: decree for CLIP, neural-cleanse otherwise
-    inversion_steps: int = 300
-    inversion_lr: float | None = None  # None: the inverter's own (neural-cleanse 0.1, decree 0.5)
+    inversion_steps: Count = 300
+    inversion_lr: Positive | None = None  # None: the inverter's own (neural-cleanse 0.1, decree 0.5)
 
 
 @DEFENSES.register(

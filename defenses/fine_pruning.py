@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
+from annotated_types import Ge, Lt
 
+from bench.knobs import Count, Fraction, Positive
 from bench.metrics import accuracy, predict
 from bench.registry import DEFENSES
 from bench.tradeoff import IDENTITY, KnobSpec
@@ -32,13 +35,13 @@ from defenses.units import UnitMask, token_pool, unit_activations, unit_layer
 
 @dataclass(frozen=True)
 class FinePruningParams:
-    step_fraction: float = 0.01
-    max_drop: float = 0.10
-    data_fraction: float = 0.05
-    epochs: float = 10.0
-    lr: float = 1e-4
-    batch_size: int = 64
-    curve_points: int = 5  # pruning ratios on the trade-off curve, each fine-tuned (plus the chosen one)
+    step_fraction: Fraction = 0.01
+    max_drop: Annotated[float, Ge(0), Lt(1)] = 0.10
+    data_fraction: Fraction = 0.05
+    epochs: Positive = 10.0
+    lr: Positive = 1e-4
+    batch_size: Count = 64
+    curve_points: Count = 5  # pruning ratios on the trade-off curve, each fine-tuned (plus the chosen one)
 
     def __post_init__(self) -> None:
         if not 0 < self.step_fraction <= 1 or not 0 <= self.max_drop < 1:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bench.knobs import Count, Fraction, NonNegative, Positive
 from bench.registry import DEFENSES
 from bench.train import TrainSpec, train
 from defenses.base import Checkpoints, DataMeter, Defense, DefenseContext, DefenseOutput, TrainingSet, budgeted_pool
@@ -24,12 +25,12 @@ from defenses.base import Checkpoints, DataMeter, Defense, DefenseContext, Defen
 
 @dataclass(frozen=True)
 class FinetuneParams:
-    budget_x: float = 50.0
-    tbar_fraction: float = 0.02  # TBAR's data_fraction: the unit of the budget
-    epochs: float = 5.0
-    lr: float = 1e-4
-    batch_size: int = 64
-    weight_decay: float = 0.0
+    budget_x: Positive = 50.0
+    tbar_fraction: Fraction = 0.02  # TBAR's data_fraction: the unit of the budget
+    epochs: Positive = 5.0
+    lr: Positive = 1e-4
+    batch_size: Count = 64
+    weight_decay: NonNegative = 0.0
 
 
 @DEFENSES.register(

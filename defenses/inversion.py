@@ -20,13 +20,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge, Le
 from torch import nn
 
 from bench import runtime
+from bench.knobs import Count, Fraction, Index, NonNegative, Positive, Share
 from bench.metrics import predict
 from bench.train import frozen
 
@@ -51,15 +53,15 @@ def mad_anomaly_index(norms: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class InversionParams:
-    steps: int = 150  # optimiser steps per candidate (neural-cleanse: per class)
-    lr: float = 0.1
-    batch_size: int = 64
-    init_cost: float = 1e-3
-    success_threshold: float = 0.99  # neural-cleanse's attack-success target for lambda
-    cost_multiplier: float = 1.5
-    patience: int = 5
-    data_fraction: float = 0.02  # share of train the defender spends on inversion
-    anomaly_threshold: float = 2.0
+    steps: Count = 150  # optimiser steps per candidate (neural-cleanse: per class)
+    lr: Positive = 0.1
+    batch_size: Count = 64
+    init_cost: NonNegative = 1e-3
+    success_threshold: Share = 0.99  # neural-cleanse's attack-success target for lambda
+    cost_multiplier: Positive = 1.5
+    patience: Index = 5
+    data_fraction: Fraction = 0.02  # share of train the defender spends on inversion
+    anomaly_threshold: NonNegative = 2.0
 
 
 def neural_cleanse_class(
@@ -138,16 +140,16 @@ class DecreeParams:
     """DECREE's settings (reference: the public GiantSeaweed/DECREE repository, main.py and
     run_decree.py); `steps` is this harness's budget of optimiser steps."""
 
-    steps: int = 300
-    lr: float = 0.5  # run_decree.py; main.py drops it to 0.1, then 0.05, after `lr_epochs`
-    batch_size: int = 32
-    init_cost: float = 1e-3  # lambda, the weight of the mask's L1 norm
-    cost_multiplier: float = 5.0  # adaptor_lambda
-    patience: int = 5
-    sim_threshold: float = 0.99  # --thres: mean pairwise cosine of a successful trigger
-    lambda_min: float | None = None  # None: 1e-5 for images of side <= 96 (CIFAR/STL encoders), else 1e-7 (CLIP)
+    steps: Count = 300
+    lr: Positive = 0.5  # run_decree.py; main.py drops it to 0.1, then 0.05, after `lr_epochs`
+    batch_size: Count = 32
+    init_cost: NonNegative = 1e-3  # lambda, the weight of the mask's L1 norm
+    cost_multiplier: Positive = 5.0  # adaptor_lambda
+    patience: Index = 5
+    sim_threshold: Annotated[float, Ge(-1), Le(1)] = 0.99  # --thres: mean pairwise cosine of a successful trigger
+    lambda_min: NonNegative | None = None  # None: 1e-5 for images of side <= 96 (CIFAR/STL encoders), else 1e-7 (CLIP)
     mask_init: Literal["rand", "small"] = "rand"  # rand: mask and pattern uniform in (0, 1), as the reference
-    data_fraction: float = 0.02  # share of train the defender spends on inversion
+    data_fraction: Fraction = 0.02  # share of train the defender spends on inversion
 
 
 def _tanh01(w: torch.Tensor) -> torch.Tensor:

@@ -39,12 +39,15 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge, Lt
 from torch import nn
 
+from bench.knobs import Fraction, NonNegative, Positive, Share
 from bench.models.clip import clip_inputs, input_spec, tokenize
 from bench.registry import DEFENSES
 from bench.train import TrainSpec, clip_contrastive_loss, index_batches, train
@@ -112,26 +115,29 @@ def par_decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+ShareBelowOne = Annotated[float, Ge(0), Lt(1)]  # [0, 1): the warmup's share of steps, Adam's betas
+
+
 @dataclass(frozen=True)
 class ParParams:
-    budget_x: float = 50.0
-    tbar_fraction: float = 0.02
-    epochs: float = 10.0
-    batch_size: int = 1024
-    lr: float = 3e-6  # reached at the end of the warmup; then cosine to lr_end
-    lr_start: float = 3e-5
-    lr_end: float = 1e-9
-    warmup_fraction: float = 0.5  # of all steps (--warmup-epochs 0.5, multiplied by the epochs)
-    weight_decay: float = 1e-4
-    beta1: float = 0.9
-    beta2: float = 0.98
-    tau: float = 2.15
-    weight: float = 0.5
-    noise_p: float = 0.5
-    noise_std: float = 0.2
-    erase_p: float = 0.5
-    erase_min: float = 0.005
-    erase_max: float = 0.01
+    budget_x: Positive = 50.0
+    tbar_fraction: Fraction = 0.02
+    epochs: Positive = 10.0
+    batch_size: Annotated[int, Ge(2)] = 1024
+    lr: Positive = 3e-6  # reached at the end of the warmup; then cosine to lr_end
+    lr_start: NonNegative = 3e-5
+    lr_end: NonNegative = 1e-9
+    warmup_fraction: ShareBelowOne = 0.5  # of all steps (--warmup-epochs 0.5, multiplied by the epochs)
+    weight_decay: NonNegative = 1e-4
+    beta1: ShareBelowOne = 0.9
+    beta2: ShareBelowOne = 0.98
+    tau: Positive = 2.15
+    weight: NonNegative = 0.5
+    noise_p: Share = 0.5
+    noise_std: NonNegative = 0.2
+    erase_p: Share = 0.5
+    erase_min: Share = 0.005
+    erase_max: Share = 0.01
 
     def __post_init__(self) -> None:
         if not 0 <= self.warmup_fraction < 1 or self.tau <= 0 or self.batch_size < 2:

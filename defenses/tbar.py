@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge
 
 from bench import taskvec, tradeoff
+from bench.knobs import Count, Fraction, Index, NonNegative, Positive
 from bench.metrics import accuracy, attack_success_rate, predict
 from bench.registry import DEFENSES
 from bench.tradeoff import KnobSpec
@@ -32,16 +34,16 @@ from defenses.base import DataMeter, Defense, DefenseContext, DefenseOutput, Tra
 
 @dataclass(frozen=True)
 class TbarParams:
-    data_fraction: float = 0.02
+    data_fraction: Fraction = 0.02
     variant: Literal["triggered", "mix"] = "triggered"
-    steps: int = 50
-    lr: float = 1e-4
-    batch_size: int = 32
-    alpha_min: float = 0.0
-    alpha_max: float = 4.0
-    alpha_points: int = 21
-    kappa: float = 0.95
-    refine_steps: int = 5  # bisections of alpha where the curve crosses kappa * CA_bd
+    steps: Count = 50
+    lr: Positive = 1e-4
+    batch_size: Count = 32
+    alpha_min: NonNegative = 0.0
+    alpha_max: Positive = 4.0
+    alpha_points: Annotated[int, Ge(2)] = 21
+    kappa: Fraction = 0.95
+    refine_steps: Index = 5  # bisections of alpha where the curve crosses kappa * CA_bd
     # Keep tau in the trial folder, so `bench analyze alpha` can redraw the curves on any
     # split without retraining.
     save_vector: bool = True

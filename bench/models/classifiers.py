@@ -36,10 +36,11 @@ import fnmatch
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge
 from torch import nn
 
 from bench.models.clip import MEAN, STD, normalize_images, resize_to
@@ -148,7 +149,7 @@ class PreActResNet18:
 @dataclass(frozen=True)
 class TimmParams:
     # The side the network sees; images of another side are resized (bicubic) to it.
-    input_size: int = 32
+    input_size: Annotated[int, Ge(8)] = 32
     # auto: the small-input stem (see the module docstring) where input_size <= 64 and the
     # architecture is a timm ResNet; small: that stem or an error; timm: timm's own stem.
     stem: Literal["auto", "small", "timm"] = "auto"

@@ -11,6 +11,7 @@ published CLIP's weights present, `bench analyze scale` adds it as the top rung.
 
 from __future__ import annotations
 
+import typing
 from dataclasses import make_dataclass
 
 from bench.models.zoo import TinyClip, TinyClipParams, param_counts
@@ -42,7 +43,9 @@ LADDER = ["clip-vit-xs", "clip-rn-xs", "tiny-clip", "clip-rn-m", "clip-rn-l"]  #
 
 
 def _params_class(name: str, defaults: dict) -> type:
-    fields = [(k, type(v), v) for k, v in defaults.items()]
+    # Each field keeps tiny-clip's annotation (its declared range, bench/knobs.py); only the default differs.
+    hints = typing.get_type_hints(TinyClipParams, include_extras=True)
+    fields = [(k, hints[k], v) for k, v in defaults.items()]
     return make_dataclass(f"{name.title().replace('-', '')}Params", fields, bases=(TinyClipParams,), frozen=True)
 
 

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from bench.inputs import input_file
+from bench.knobs import Index
 from bench.registry import MODELS, Resolver, UnknownNameError
 from bench.store import file_digest
 
@@ -64,7 +65,7 @@ class WeightsError(RuntimeError):
 class OpenClipParams:
     pretrained: str | None = None  # an open_clip pretrained tag; None with no checkpoint: random init
     checkpoint: str | None = input_file()  # a local weights file (safetensors or a plain state dict)
-    init_seed: int = 0  # for random initialisation
+    init_seed: Index = 0  # for random initialisation
 
 
 def allow_download() -> bool:

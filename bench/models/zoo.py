@@ -15,6 +15,7 @@ from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
 from bench.data import scenes
+from bench.knobs import Count, Index, Positive, Share
 from bench.models.clip import ClipArch, normalize_images
 from bench.pretrain import PretrainConfig, get_pretrained
 from bench.registry import MODELS
@@ -26,16 +27,16 @@ class TinyClipParams:
     field enters trial ids, so a changed corpus (a new scene generator version) or
     architecture never reuses records of another model."""
 
-    pretrain_steps: int = PretrainConfig.steps
-    pretrain_batch_size: int = PretrainConfig.batch_size
-    pretrain_lr: float = PretrainConfig.lr
-    pretrain_seed: int = 0
-    pretrain_scenes: int = PretrainConfig.n_scenes
-    pretrain_scene_share: float = PretrainConfig.scene_share
-    corpus_version: int = scenes.VERSION
+    pretrain_steps: Count = PretrainConfig.steps
+    pretrain_batch_size: Count = PretrainConfig.batch_size
+    pretrain_lr: Positive = PretrainConfig.lr
+    pretrain_seed: Index = 0
+    pretrain_scenes: Index = PretrainConfig.n_scenes
+    pretrain_scene_share: Share = PretrainConfig.scene_share
+    corpus_version: Index = scenes.VERSION
     vision: str = ClipArch.vision
-    vision_width: int = ClipArch.vision_width
-    vit_layers: int = ClipArch.vit_layers
+    vision_width: Count = ClipArch.vision_width
+    vit_layers: Count = ClipArch.vit_layers
     # the released precision of the pre-trained weights (bench/pretrain.py): float16, as OpenAI ships CLIP
     weights_dtype: Literal["float16", "bfloat16", "float32"] = PretrainConfig.weights_dtype
 
@@ -104,8 +105,8 @@ class Normalized(nn.Module):
 
 @dataclass(frozen=True)
 class TinyResNetParams:
-    channels: tuple[int, ...] = (16, 32, 64, 128)
-    layers: tuple[int, ...] = (1, 1, 1, 1)
+    channels: tuple[Count, ...] = (16, 32, 64, 128)
+    layers: tuple[Count, ...] = (1, 1, 1, 1)
     # "half": a 3x3 stride-2 first convolution and no max-pool, so a 32 px image reaches
     # the first stage at 16x16 (timm's ImageNet stem, "imagenet", leaves 8x8 and cannot
     # learn the scenes task; BackdoorBench's stride-1 CIFAR stem costs 4x more here).

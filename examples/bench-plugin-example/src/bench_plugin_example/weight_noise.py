@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bench.knobs import Fraction, NonNegative
 from bench.metrics import accuracy, predict
 from bench.registry import DEFENSES
 from defenses.base import DataMeter, Defense, DefenseContext, DefenseOutput
@@ -25,8 +26,8 @@ from defenses.base import DataMeter, Defense, DefenseContext, DefenseOutput
 
 @dataclass(frozen=True)
 class WeightNoiseParams:
-    sigmas: tuple[float, ...] = (0.05, 0.1, 0.2, 0.4)  # noise std, relative to each tensor's std
-    kappa: float = 0.9  # keep validation CA >= kappa x the unperturbed model's
+    sigmas: tuple[NonNegative, ...] = (0.05, 0.1, 0.2, 0.4)  # noise std, relative to each tensor's std
+    kappa: Fraction = 0.9  # keep validation CA >= kappa x the unperturbed model's
 
 
 def add_noise(model: torch.nn.Module, sigma: float, seed: int) -> None:
