@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from bench import metrics, taskvec
+from bench import metrics, tables, taskvec
 from bench.data.base import load_dataset
 from bench.splits import defender_split, subseed
 from bench.store import Store
@@ -343,8 +343,9 @@ def run_budget(store: Store, cells: Sequence[dict], multipliers: Sequence[float]
 # A rung whose backdoored model classifies the attacked task below this clean accuracy has
 # not learned the task (chance is 10% on scenes); what a defense does to it says nothing
 # about disentanglement, so it is shown and left out of the ladder's trend, as a cell
-# whose attack did not take is left out of every average.
-MIN_VICTIM_CA = 0.5
+# whose attack did not take is left out of every average. One threshold for the pages and
+# the ladder: tables' own.
+MIN_VICTIM_CA = tables.MIN_VICTIM_CA
 
 
 def learned(bd_ca: float | None) -> bool:
@@ -370,7 +371,7 @@ def rung_params(model: str, model_params: dict) -> dict[str, int] | None:
 def scale_rows(records: Sequence[dict], defenses: Sequence[str] = ("tbar", "tbar-mix", "finetune", "cleanclip")) -> list[dict]:
     """Per (rung, defense): image-tower size and, over the (attack, seed) rows whose attack
     took, ASR at 95% and 90% retention, CA retention and control retention with 95% CIs."""
-    from bench import stats, tables
+    from bench import stats
 
     df = tables.records_frame(list(records))
     if df.empty:
@@ -396,32 +397,53 @@ def scale_rows(records: Sequence[dict], defenses: Sequence[str] = ("tbar", "tbar
 
 def scale_trend(records: Sequence[dict], rows: Sequence[dict],
                 defenses: Sequence[str] = ("tbar", "tbar-mix", "finetune", "cleanclip")) -> list[dict]:  # fmt: skip
-    """Per defense: least-squares slopes on log10(image-tower parameters), over every
-    (rung, seed) row whose attack took on the rungs whose victim learned the task
-    (MIN_VICTIM_CA), of ASR at 95% retention, of removal at 95% (1 - ASR@95 / backdoored
-    ASR) and of the backdoored ASR itself. The attack's own strength changes with size
-    (sig takes less on larger rungs, blended more), so the verdict rests on removal,
-    which is relative to it; and a slope uses every seed of every rung, where comparing
-    the end rungs' intervals uses two rungs only."""
-    from bench import stats, tables
+    """Per defense: least-squares slopes on log10(image-tower parameters) of ASR at 95%
+    retention, of removal at 95% (1 - ASR@95 / backdoored ASR) and of the backdoored ASR
+    itself, over the rungs whose victim learned the task (MIN_VICTIM_CA).
+
+    The rung is the unit of replication: a rung's seeds share its architecture and its
+    pre-training recipe, so its (rung, seed) rows are not independent draws of the trend.
+    Each rung enters as the mean of its rows whose attack took, and a fit over k rungs has
+    k - 2 degrees of freedom. The attack's own strength changes with size (sig takes less
+    on larger rungs, blended more), so verdicts rest on removal, which is relative to it.
+    Removal's p is Holm-adjusted over the defenses fitted (`removal_r95_p_holm`).
+
+    Whether a trend is TBAR's own is a test, not a comparison of two verdicts: each
+    baseline's row carries the slope of the per-rung difference, tbar's removal minus its
+    own, over the rungs both ran (`vs_tbar_*`, Holm over the baselines)."""
+    from bench import stats
 
     df = tables.records_frame(list(records))
     if df.empty:
         return []
     sizes = {r["model"]: r["visual_params"] for r in rows if r.get("visual_params") and learned(r.get("bd_ca"))}
-    took = df[(df["attack"] != "none") & df["took"] & df["model"].isin(list(sizes))]
+    took = df[(df["attack"] != "none") & df["took"] & df["model"].isin(list(sizes))].copy()
+    took["removal_r95"] = 1 - took["asr_r95"] / took["bd_asr"]
+    keys = ("asr_r95", "removal_r95", "bd_asr")
+    means = {d: g.groupby("model")[list(keys)].mean() for d, g in took.groupby("defense") if d in defenses}
     out = []
     for defense in defenses:
-        grp = took[took["defense"] == defense]
-        if grp.empty:
+        if defense not in means:
             continue
-        x = [math.log10(sizes[m]) for m in grp["model"]]
-        row = {"defense": defense, "rungs": int(grp["model"].nunique())}
-        removal = (1 - grp["asr_r95"] / grp["bd_asr"]).tolist()
-        for key, y in (("asr_r95", grp["asr_r95"].tolist()), ("removal_r95", removal), ("bd_asr", grp["bd_asr"].tolist())):
-            fit = stats.slope(x, y)
-            row |= {"n": fit.n, f"{key}_slope": fit.slope, f"{key}_slope_ci": fit.half, f"{key}_p": fit.p}
+        m = means[defense]
+        x = [math.log10(sizes[model]) for model in m.index]
+        row = {"defense": defense, "rungs": len(m), "n": int((took["defense"] == defense).sum())}
+        for key in keys:
+            fit = stats.slope(x, m[key].tolist())
+            row |= {f"{key}_slope": fit.slope, f"{key}_slope_ci": fit.half, f"{key}_p": fit.p}
         out.append(row)
+    for row, adj in zip(out, stats.holm([r["removal_r95_p"] for r in out]), strict=True):
+        row["removal_r95_p_holm"] = adj
+    if "tbar" in means:
+        base = [r for r in out if r["defense"] != "tbar"]
+        for row in base:
+            both = means["tbar"].index.intersection(means[row["defense"]].index)
+            diff = means["tbar"].loc[both, "removal_r95"] - means[row["defense"]].loc[both, "removal_r95"]
+            fit = stats.slope([math.log10(sizes[model]) for model in both], diff.tolist())
+            row |= {"vs_tbar_rungs": len(both), "vs_tbar_slope": fit.slope, "vs_tbar_slope_ci": fit.half,
+                    "vs_tbar_p": fit.p}  # fmt: skip
+        for row, adj in zip(base, stats.holm([r["vs_tbar_p"] for r in base]), strict=True):
+            row["vs_tbar_p_holm"] = adj
     return out
 
 

@@ -278,6 +278,24 @@ def _viridis(v: float) -> str:
     return f"rgb({rgb[0]},{rgb[1]},{rgb[2]})"
 
 
+def tower_sizes(records: list[dict]) -> dict[str, int]:
+    """Image-tower parameters of each model that can say (the ladder's rungs)."""
+    from bench.analysis import rung_params
+    from bench.config import ConfigError
+    from bench.registry import UnknownNameError
+
+    out = {}
+    for r in records:
+        c = r["config"]
+        if c["model"] in out:
+            continue
+        try:
+            out[c["model"]] = (rung_params(c["model"], c.get("model_params") or {}) or {}).get("visual")
+        except (UnknownNameError, ConfigError):  # a model no plugin registers now: unknown size
+            out[c["model"]] = None
+    return {m: v for m, v in out.items() if v}
+
+
 def answer(board: Board) -> dict:
     """The 30-second answer: ASR@95 at the blind point, defenses x (attack, setting), over
     the rows whose attack took, each cell's mean and interval over its seeds. In each
@@ -285,8 +303,11 @@ def answer(board: Board) -> dict:
     for best. Rows follow the first ranking (defenses over every row), then the others."""
     f = board.frame
     took = tables.took_rows(f)
-    # one column per cell, sorted by setting then attack
-    cols = sorted({tuple(r) for r in took[tables.CELL].itertuples(index=False)}, key=lambda c: (c[2], c[3], c)) if len(took) else []
+    # one column per cell, sorted by setting, attack, then model size (a ladder reads left to
+    # right from the smallest rung); rows of victims that did not learn the task are not in `took`
+    sizes = tower_sizes(board.records)
+    cols = sorted({tuple(r) for r in took[tables.CELL].itertuples(index=False)},
+                  key=lambda c: (c[2], c[3], sizes.get(c[0], math.inf), c)) if len(took) else []  # fmt: skip
     order = list(dict.fromkeys(board.summary["defense"])) if len(board.summary) else []
     grid = {}
     for d in order:

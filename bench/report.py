@@ -239,6 +239,19 @@ def scale_sections(results: Sequence[dict]) -> list[str]:
     return lines
 
 
+SIGNIFICANCE = 0.05  # on Holm-adjusted p-values
+
+
+def _holm_text(p_adj: float, m: int) -> str:
+    return f"Holm-adjusted over the {m} defenses fitted p = {p_adj:.2g}" if m > 1 else f"p = {p_adj:.2g}"
+
+
+def _versus_verdict(t: dict) -> str:
+    if t["vs_tbar_p_holm"] >= SIGNIFICANCE:
+        return f"no difference from {t['defense']}'s trend at this many rungs"
+    return f"TBAR's removal grows {'faster' if t['vs_tbar_slope'] > 0 else 'slower'} with size than {t['defense']}'s"
+
+
 def scale_section(result: dict | None) -> list[str]:
     """One attack's capacity ladder: per rung, TBAR's numbers at matched retention and
     whether the paper's removal and retention claims hold there; then the trend with size."""
@@ -305,8 +318,8 @@ def scale_section(result: dict | None) -> list[str]:
             "falls at every step" if all(falls) else ("rises at every step" if not any(falls) else "is not monotone")
         )
         # The verdict rests on the slope of removal (relative to the attack's own strength,
-        # which changes with size) over every (rung, seed) row where there is one (it uses
-        # all the data); comparing the end rungs' intervals is the fallback.
+        # which changes with size) over rung means, with its Holm-adjusted p. Two rungs are
+        # two models, not a trend: with fewer than 3 no slope is fitted and nothing is claimed.
         t = trends.get(defense)
         if t and analysis.finite(t.get("removal_r95_slope_ci")):
 
@@ -314,25 +327,34 @@ def scale_section(result: dict | None) -> list[str]:
                 return (f"{100 * t[f'{key}_slope']:+.1f} ± {100 * t[f'{key}_slope_ci']:.1f} points per 10x "
                         f"image-tower parameters (p = {t[f'{key}_p']:.2g})")  # fmt: skip
 
-            excl = abs(t["removal_r95_slope"]) > t["removal_r95_slope_ci"]
-            fit = (f"over the {t['n']} rows of these {t['rungs']} rungs (least squares, 95% CIs), removal at 95% "
-                   f"changes by {per_decade('removal_r95')}, ASR@95 by {per_decade('asr_r95')}, and the backdoored "
-                   f"ASR itself by {per_decade('bd_asr')}")  # fmt: skip
-            down, up = excl and t["removal_r95_slope"] > 0, excl and t["removal_r95_slope"] < 0
+            p_adj = t.get("removal_r95_p_holm", t["removal_r95_p"])
+            fit = (f"over the means of these {t['rungs']} rungs (the rung is the unit: {t['n']} rows, "
+                   f"{t['rungs'] - 2} degrees of freedom; least squares, 95% CIs), removal at 95% changes by "
+                   f"{per_decade('removal_r95')}, {_holm_text(p_adj, len(trends))}, ASR@95 by "
+                   f"{per_decade('asr_r95')}, and the backdoored ASR itself by {per_decade('bd_asr')}")  # fmt: skip
+            down, up = p_adj < SIGNIFICANCE and t["removal_r95_slope"] > 0, p_adj < SIGNIFICANCE and t["removal_r95_slope"] < 0
         else:
-            fit, down, up = "no slope could be fitted", overlap is False and all(falls), overlap is False and not any(falls)
-        supports = "supports" if down else ("contradicts" if up else "can neither support nor refute, at this many seeds,")
+            fit, down, up = "no slope could be fitted (a trend needs at least 3 rungs that learned the task)", False, False
+        supports = "supports" if down else ("contradicts" if up else "can neither support nor refute, at this many rungs,")
         lines.append(f"- {defense}: ASR@95 by rung (smallest to largest image tower, {span} in parameters): {vals}. "
                      f"It {trend} with size; {noise}; {fit}. This {supports} the expectation that TBAR "
                      "removes more of the backdoor at the same retention as the model grows.")  # fmt: skip
     base = [t for d, t in sorted(trends.items()) if d not in ("tbar", "tbar-mix") and analysis.finite(t.get("removal_r95_slope_ci"))]
     if base:
-        # is a size trend TBAR's own, or does every defense gain with size (as when the
-        # attack itself weakens on larger rungs)?
-        lines.append("- The baselines on the same rungs, for comparison: removal at 95% changes by "
+        lines.append("- The baselines on the same rungs: removal at 95% changes by "
                      + "; ".join(f"{t['defense']} {100 * t['removal_r95_slope']:+.1f} ± {100 * t['removal_r95_slope_ci']:.1f} "
                                  f"(p = {t['removal_r95_p']:.2g})" for t in base)
-                     + " points per 10x. A trend every defense shares is the attack's, not TBAR's.")  # fmt: skip
+                     + " points per 10x.")  # fmt: skip
+    # Is a size trend TBAR's own, or does every defense gain with size (as when the attack
+    # itself weakens on larger rungs)? A test of the difference, not two verdicts side by side.
+    versus = [t for t in base if analysis.finite(t.get("vs_tbar_slope_ci"))]
+    if versus:
+        lines.append("- tbar against each baseline: the slope of the per-rung difference in removal at 95% "
+                     "(tbar minus the baseline, over the rungs both ran; Holm over the baselines): "
+                     + "; ".join(f"{t['defense']} {100 * t['vs_tbar_slope']:+.1f} ± {100 * t['vs_tbar_slope_ci']:.1f} "
+                                 f"points per 10x (adjusted p = {t['vs_tbar_p_holm']:.2g}): {_versus_verdict(t)}"
+                                 for t in versus)
+                     + ".")  # fmt: skip
     xs = sorted((x for x in result.get("xi", []) if x["variant"] == "triggered" and x.get("visual_params")),
                 key=lambda x: x["visual_params"])  # fmt: skip
     if len(xs) >= 2:

@@ -25,6 +25,9 @@ from bench import stats
 KEYS = ["model", "dataset", "setting", "attack", "defense"]
 CELL = ["model", "dataset", "setting", "attack"]
 TOOK = 0.5  # backdoored ASR at or above which an attack "took"
+# A backdoored model below this clean accuracy has not learned the attacked task (chance is
+# 10% on the built-in tasks): what a defense does to it is no evidence either.
+MIN_VICTIM_CA = 0.5
 LEVELS = ("99", "95", "90")
 # Per-record metrics that are averaged over seeds, each with a 95% CI.
 # `*_r{lvl}`: at the blind operating point (the strongest knob keeping R% of validation CA);
@@ -90,12 +93,13 @@ def record_row(r: dict) -> dict:
         row[f"retention_r{lvl}_oracle"] = retention(o)
     # A cell with no trigger (the clean reference) has nothing to take; it is shown, never averaged.
     row["took"] = bool(row["bd_asr"] >= TOOK) if not math.isnan(row["bd_asr"]) else False
+    row["learned"] = math.isnan(row["bd_ca"]) or row["bd_ca"] >= MIN_VICTIM_CA
     return row
 
 
 def records_frame(records: list[dict]) -> pd.DataFrame:
     rows = [record_row(r) for r in records if r.get("status") == "ok"]
-    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=[*KEYS, "seed", *METRICS, *COSTS, "took"])
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=[*KEYS, "seed", *METRICS, *COSTS, "took", "learned"])
 
 
 def aggregate(df: pd.DataFrame) -> pd.DataFrame:
@@ -129,8 +133,9 @@ ROW = [*CELL, "seed"]
 
 
 def took_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """The (cell, seed, defense) rows that are evidence: an attacked cell whose attack took."""
-    return df[(df["attack"] != "none") & df["took"]] if len(df) else df
+    """The (cell, seed, defense) rows that are evidence: an attacked cell whose attack took,
+    on a victim that learned the task."""
+    return df[(df["attack"] != "none") & df["took"] & df["learned"]] if len(df) else df
 
 
 def ranking_groups(df: pd.DataFrame) -> list[tuple[list[str], list[tuple]]]:

@@ -96,12 +96,11 @@ def test_efficiency_rows_use_only_cells_whose_attack_worked():
 SUITE = """
 name: tinyana
 models: [tiny-clip]
-datasets: [shapes]
+datasets: [shapes-smoke]
 settings: [finetune]
 attacks: [blended]
 defenses: [none, tbar, finetune]
-control_datasets: [colors]
-model_params: {tiny-clip: {pretrain_steps: 30, pretrain_batch_size: 64}}
+control_datasets: [colors-smoke]
 # blended, 80 steps at lr 2e-3: ASR 0.76 (badnets here: 0.19-0.41, below the 50% that counts as taken,
 # and analyses refuse cells whose attack did not take)
 setting_params: {finetune: {steps: 80, lr: 0.002}}
@@ -153,26 +152,36 @@ def test_report_scale_section_states_the_trend_and_the_noise():
                         _rung("l", 5e6, "tbar", 0.02, 0.01)],
                "xi": [{"model": "l", "variant": "triggered", "xi_11": 0.4, "xi_11_ci": 0.1, "n": 3}]}  # fmt: skip
     text = "\n".join(scale_section(falling))
-    assert "falls at every step" in text and "do not overlap" in text and "supports the expectation" in text
+    assert "falls at every step" in text and "do not overlap" in text
+    # without a fitted slope nothing is claimed, however far apart the end rungs are
+    assert "no slope could be fitted" in text and "can neither support nor refute" in text
     assert "97.8%: holds" in text  # removal at 95% for the largest rung: 1 - 0.02 / 0.9
     assert "66.7%: does not hold" in text and "0.40 ± 0.10" in text
     noisy = {"rows": [_rung("s", 1e5, "tbar", 0.50, 0.30), _rung("l", 5e6, "tbar", 0.40, 0.30)], "xi": []}
     text = "\n".join(scale_section(noisy))
     assert "CIs overlap" in text and "can neither support nor refute" in text
     assert "_none stored" in "\n".join(scale_section(None))
-    # the slope over every row decides where there is one: wide end-rung intervals that
-    # overlap do not hide a slope whose interval excludes zero, and a flat slope refutes nothing
-    def trend(removal, removal_ci, asr=-0.1):
-        return [{"defense": "tbar", "rungs": 2, "n": 6, "removal_r95_slope": removal, "removal_r95_slope_ci": removal_ci,
-                 "removal_r95_p": 0.01, "asr_r95_slope": asr, "asr_r95_slope_ci": 0.05, "asr_r95_p": 0.01,
-                 "bd_asr_slope": 0.0, "bd_asr_slope_ci": 0.01, "bd_asr_p": 1.0}]  # fmt: skip
+
+    # the slope over rung means decides, on its Holm-adjusted p
+    def trend(removal, removal_ci, asr=-0.1, p=0.01, p_holm=0.02):
+        return [{"defense": "tbar", "rungs": 4, "n": 12, "removal_r95_slope": removal, "removal_r95_slope_ci": removal_ci,
+                 "removal_r95_p": p, "removal_r95_p_holm": p_holm, "asr_r95_slope": asr, "asr_r95_slope_ci": 0.05,
+                 "asr_r95_p": 0.01, "bd_asr_slope": 0.0, "bd_asr_slope_ci": 0.01, "bd_asr_p": 1.0}]  # fmt: skip
 
     text = "\n".join(scale_section(noisy | {"trend": trend(0.1, 0.05)}))
-    assert "CIs overlap" in text and "removal at 95% changes by +10.0 ± 5.0 points per 10x" in text
+    assert "over the means of these 4 rungs (the rung is the unit: 12 rows, 2 degrees of freedom" in text
+    assert "removal at 95% changes by +10.0 ± 5.0 points per 10x" in text
     assert "ASR@95 by -10.0 ± 5.0" in text and "supports the expectation" in text
-    assert "can neither support nor refute" in "\n".join(scale_section(noisy | {"trend": trend(0.1, 0.2)}))
-    base = trend(0.12, 0.05)[0] | {"defense": "finetune"}
-    assert "finetune +12.0 ± 5.0 (p = 0.01)" in "\n".join(scale_section(noisy | {"trend": [*trend(0.1, 0.05), base]}))
+    # significant alone, not after Holm: no claim
+    assert "can neither support nor refute" in "\n".join(scale_section(noisy | {"trend": trend(0.1, 0.08, p=0.03, p_holm=0.12)}))
+    base = trend(0.12, 0.05)[0] | {"defense": "finetune", "vs_tbar_rungs": 4, "vs_tbar_slope": -0.02,
+                                   "vs_tbar_slope_ci": 0.2, "vs_tbar_p": 0.7, "vs_tbar_p_holm": 0.7}  # fmt: skip
+    text = "\n".join(scale_section(noisy | {"trend": [*trend(0.1, 0.05), base]}))
+    assert "finetune +12.0 ± 5.0 (p = 0.01)" in text
+    assert "Holm-adjusted over the 2 defenses fitted p = 0.02" in text
+    assert "finetune -2.0 ± 20.0 points per 10x (adjusted p = 0.7): no difference from finetune's trend" in text
+    faster = base | {"vs_tbar_slope": 0.3, "vs_tbar_slope_ci": 0.1, "vs_tbar_p_holm": 0.01}
+    assert "grows faster with size than finetune's" in "\n".join(scale_section(noisy | {"trend": [*trend(0.1, 0.05), faster]}))
     # ASR@95 may fall only because the attack itself weakens with size: removal decides
     assert "contradicts" in "\n".join(scale_section(noisy | {"trend": trend(-0.1, 0.05, asr=-0.2)}))
     # a rung that never learned the task is shown but is not evidence about the trend
@@ -216,10 +225,11 @@ def test_report_disentanglement_over_seeds_separates_bias_from_trigger():
     assert "5.0 (0.0-17.7) | 90.0 ± 0.0 |" in text
 
 
-def test_scale_trend_fits_removal_over_every_row_of_the_learned_rungs():
+def test_scale_trend_fits_rung_means_and_tests_tbar_against_each_baseline():
     import math
 
     from bench.analysis import scale_trend
+    from bench.stats import holm
 
     def rec(model, defense, seed, asr95, bd_asr, bd_ca=0.9):
         return {"status": "ok", "trial_id": f"{model}-{defense}-{seed}",
@@ -228,17 +238,29 @@ def test_scale_trend_fits_removal_over_every_row_of_the_learned_rungs():
                 "metrics": {"ca": 0.8, "asr": asr95, "backdoored": {"ca": bd_ca, "asr": bd_asr}},
                 "matched_blind": {"0.95": {"asr": asr95, "ca": 0.8}}}  # fmt: skip
 
-    pts = [("s", 0, 0.6, 0.8), ("s", 1, 0.4, 0.8), ("l", 0, 0.1, 1.0), ("l", 1, 0.0, 0.9)]
+    # (rung, seed, ASR@95, backdoored ASR) for tbar, and finetune's ASR@95 on the same rows
+    pts = [("s", 0, 0.6, 0.8), ("s", 1, 0.4, 0.8), ("m", 0, 0.3, 0.9), ("m", 1, 0.1, 0.9),
+           ("l", 0, 0.1, 1.0), ("l", 1, 0.0, 0.9)]  # fmt: skip
+    ft = {"s": 0.7, "m": 0.6, "l": 0.2}
     records = [rec(m, "tbar", seed, a, b) for m, seed, a, b in pts]
+    records += [rec(m, "finetune", seed, ft[m], b) for m, seed, _, b in pts]
     records += [rec("xs", "tbar", 0, 0.99, 0.99, bd_ca=0.2),  # a rung that never learned the task
                 rec("l", "tbar", 2, 0.3, 0.3)]  # an attack that did not take  # fmt: skip
-    rows = [{"model": "s", "visual_params": 1e5, "bd_ca": 0.9}, {"model": "l", "visual_params": 1e6, "bd_ca": 0.9},
-            {"model": "xs", "visual_params": 1e4, "bd_ca": 0.2}]  # fmt: skip
-    (t,) = scale_trend(records, rows)
-    assert t["defense"] == "tbar" and t["n"] == 4 and t["rungs"] == 2
-    x = [5.0, 5.0, 6.0, 6.0]
-    for key, y in (("asr_r95", [a for *_, a, _ in pts]), ("removal_r95", [1 - a / b for *_, a, b in pts]),
-                   ("bd_asr", [b for *_, b in pts])):  # fmt: skip
-        ybar = sum(y) / 4
-        by_hand = sum((xi - 5.5) * (yi - ybar) for xi, yi in zip(x, y, strict=True)) / 1.0  # sum((x - 5.5)^2) = 1
-        assert math.isclose(t[f"{key}_slope"], by_hand, abs_tol=1e-12), key
+    rows = [{"model": "s", "visual_params": 1e5, "bd_ca": 0.9}, {"model": "m", "visual_params": 1e6, "bd_ca": 0.9},
+            {"model": "l", "visual_params": 1e7, "bd_ca": 0.9}, {"model": "xs", "visual_params": 1e4, "bd_ca": 0.2}]  # fmt: skip
+    tbar, fine = scale_trend(records, rows)
+    assert (tbar["defense"], tbar["n"], tbar["rungs"]) == ("tbar", 6, 3)
+
+    def rung_means(f):
+        return [sum(f(a, b) for m2, _, a, b in pts if m2 == m) / 2 for m in ("s", "m", "l")]
+
+    # x = 5, 6, 7: the least-squares slope over three equally spaced rung means is (y_l - y_s) / 2
+    for key, f in (("asr_r95", lambda a, b: a), ("removal_r95", lambda a, b: 1 - a / b), ("bd_asr", lambda a, b: b)):
+        y = rung_means(f)
+        assert math.isclose(tbar[f"{key}_slope"], (y[2] - y[0]) / 2, abs_tol=1e-12), key
+    removal_tbar = rung_means(lambda a, b: 1 - a / b)
+    removal_ft = [sum(1 - ft[m] / b for m2, _, _, b in pts if m2 == m) / 2 for m in ("s", "m", "l")]
+    diff = [t - f for t, f in zip(removal_tbar, removal_ft, strict=True)]
+    assert fine["vs_tbar_rungs"] == 3 and math.isclose(fine["vs_tbar_slope"], (diff[2] - diff[0]) / 2, abs_tol=1e-12)
+    assert [tbar["removal_r95_p_holm"], fine["removal_r95_p_holm"]] == holm([tbar["removal_r95_p"], fine["removal_r95_p"]])
+    assert fine["vs_tbar_p_holm"] == fine["vs_tbar_p"]  # one baseline: nothing to adjust for
