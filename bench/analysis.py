@@ -10,6 +10,7 @@ from a stored record or one of these files.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timezone
@@ -21,6 +22,7 @@ from torch import nn
 
 from bench import metrics, tables, taskvec
 from bench.data.base import load_dataset
+from bench.spec import ArtifactSpec, TrialSpec, build_params
 from bench.splits import defender_split, subseed
 from bench.store import Store
 from bench.train import TrainSpec, index_batches, train
@@ -98,10 +100,10 @@ def efficiency_rows(records: Sequence[dict], min_backdoor_asr: float = 0.5) -> l
 # ---------------------------------------------------------------- alpha curves
 
 
-def _evaluate(model, setting, acfg, ds, attack, split) -> dict:
+def _evaluate(model, setting, spec: ArtifactSpec, ds, attack, split) -> dict:
     from bench.trial import evaluate
 
-    clf = setting.classifier(model, acfg["model"], acfg["model_params"], ds)
+    clf = setting.classifier(model, spec.model, spec.model_params_json, ds)
     return evaluate(clf, attack, ds, split)
 
 
@@ -121,31 +123,31 @@ def run_alpha(store: Store, record: dict, alphas: Sequence[float]) -> dict:
             "rerun its grid to recompute it"
         )
     tau = load_file(vec_path)
-    acfg = {k: v for k, v in record["config"].items() if k not in ("defense", "defense_params")}
-    model, setting, ds, attack = load_artifact(acfg, store)
+    spec = TrialSpec.from_record_config(record["config"]).artifact
+    model, setting, ds, attack = load_artifact(spec, store)
     device = next(model.parameters()).device
     tau = {k: v.to(device) for k, v in tau.items()}
     params = dict(model.named_parameters())
     theta_bd = {k: params[k].detach().clone() for k in tau}
     # the model before the attack (same architecture and parameter names as the victim)
-    pre = setting.victim(acfg["model"], acfg["model_params"], ds, subseed(acfg["seed"], "init"))
+    pre = setting.victim(spec.model, spec.model_params_json, ds, subseed(spec.seed, "init"))
     pre_params = dict(pre.named_parameters())
     theta_pre = {k: pre_params[k].detach().clone() for k in tau}
     t = attack.params.target
     x_test = ds.test.x
 
     def bias_of(m) -> float:
-        clf = setting.classifier(m, acfg["model"], acfg["model_params"], ds)
+        clf = setting.classifier(m, spec.model, spec.model_params_json, ds)
         return target_bias(metrics.predict(clf, x_test), ds.test.labels, t)
 
     rows = []
     for a in alphas:
         taskvec.load_params(model, taskvec.apply(theta_bd, tau, -a))
-        val = _evaluate(model, setting, acfg, ds, attack, ds.val)
-        test = _evaluate(model, setting, acfg, ds, attack, ds.test)
-        control = setting.control_accuracy(model, acfg["model"], acfg["model_params"], acfg["control_datasets"])
+        val = _evaluate(model, setting, spec, ds, attack, ds.val)
+        test = _evaluate(model, setting, spec, ds, attack, ds.test)
+        control = setting.control_accuracy(model, spec.model, spec.model_params_json, list(spec.control_datasets))
         taskvec.load_params(pre, taskvec.apply(theta_pre, tau, a))
-        pre_test = _evaluate(pre, setting, acfg, ds, attack, ds.test)
+        pre_test = _evaluate(pre, setting, spec, ds, attack, ds.test)
         rows.append(
             {
                 "alpha": round(float(a), 6),
@@ -194,7 +196,7 @@ def run_disentanglement(
     model_name: str,
     model_params: dict,
     dataset: str,
-    attack_cfgs: dict[str, dict],
+    attacks: dict[str, tuple[object, int]],
     grid: Sequence[float],
     steps: int,
     lr: float,
@@ -211,7 +213,7 @@ def run_disentanglement(
     xi adds up, separated: the target bias (clean non-target images predicted as t) and
     the trigger effect (triggered images predicted as t); and the cosine matrix."""
     from bench.settings import FinetuneSetting
-    from bench.trial import build_attack
+    from bench.trial import make_attack
 
     ds = load_dataset(dataset)
     setting = FinetuneSetting()
@@ -225,8 +227,8 @@ def run_disentanglement(
     theta_pre = taskvec.trainable_params(pre)
     vectors: dict[str, Vector] = {"clean": tau_c}
     heatmaps, bias, effect = {}, {}, {}
-    for name, acfg in attack_cfgs.items():
-        attack = build_attack(acfg, tuple(ds.train.images.shape[1:]))
+    for name, (params, attack_seed) in attacks.items():
+        attack = make_attack(name, params, attack_seed, tuple(ds.train.images.shape[1:]))
         if attack.needs_fitting or not attack.has_trigger:
             continue
         t = attack.params.target
@@ -293,46 +295,45 @@ def finite(v) -> bool:
 # ---------------------------------------------------------------- attack budgets
 
 
-def budget_configs(base: dict, multipliers: Sequence[float]) -> list[tuple[float, dict]]:
-    """Stage-1 configs of one cell with the attacker's training length (epochs) scaled
-    by each multiplier; the 1x config is the suite's own artifact (same id, reused)."""
+def budget_configs(base: ArtifactSpec, multipliers: Sequence[float]) -> list[tuple[float, ArtifactSpec]]:
+    """Stage-1 specs of one cell with the attacker's training length (steps, else epochs)
+    scaled by each multiplier; the 1x spec is the suite's own artifact (same id, reused)."""
     out = []
     for k in multipliers:
-        cfg = copy.deepcopy(base)
+        sp = base.setting_params
         if k != 1:
-            sp = cfg["setting_params"]
-            if sp.get("steps"):
-                sp["steps"] = max(1, round(sp["steps"] * k))
+            if sp.steps:
+                sp = dataclasses.replace(sp, steps=max(1, round(sp.steps * k)))
             else:
-                sp["epochs"] = sp["epochs"] * k
-        out.append((k, cfg))
+                sp = dataclasses.replace(sp, epochs=sp.epochs * k)
+        out.append((k, dataclasses.replace(base, setting_params=sp)))
     return out
 
 
-def run_budget(store: Store, cells: Sequence[dict], multipliers: Sequence[float], progress=lambda m: None) -> dict:
+def run_budget(store: Store, cells: Sequence[ArtifactSpec], multipliers: Sequence[float], progress=lambda m: None) -> dict:
     """ASR and CA of each attack cell against its training budget (stage-1 artifacts,
     built or reused through the store). Shows a shortfall instead of asserting it."""
-    from bench.trial import artifact_id, run_attack
+    from bench.trial import run_attack
 
     rows = []
     for base in cells:
-        for k, cfg in budget_configs(base, multipliers):
-            progress(f"{base['attack']}/{base['setting']}/seed{base['seed']}: {k}x budget")
-            meta = run_attack(cfg, store, progress)
+        for k, spec in budget_configs(base, multipliers):
+            progress(f"{base.attack}/{base.setting}/seed{base.seed}: {k}x budget")
+            meta = run_attack(spec, store, progress)
             m = meta["metrics"]
             rows.append(
                 {
-                    "model": cfg["model"],
-                    "dataset": cfg["dataset"],
-                    "setting": cfg["setting"],
-                    "attack": cfg["attack"],
-                    "seed": cfg["seed"],
+                    "model": spec.model,
+                    "dataset": spec.dataset,
+                    "setting": spec.setting,
+                    "attack": spec.attack,
+                    "seed": spec.seed,
                     "budget_x": k,
-                    "epochs": cfg["setting_params"]["epochs"],
+                    "epochs": spec.setting_params.epochs,
                     "steps": meta["training"]["steps"],
                     "ca": m["ca"],
                     "asr": m["asr"],
-                    "artifact_id": artifact_id(cfg),
+                    "artifact_id": spec.id,
                 }
             )
     return {"kind": "budget", "rows": rows, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
@@ -464,7 +465,6 @@ def run_scale(store: Store, records: Sequence[dict], xi_steps: int = 150, xi_lr:
     target bias / trigger effect of every tbar variant's vector, and xi(1, 1) of the
     triggered-only and mix vectors fine-tuned from theta_pre, per seed (CIs over seeds)."""
     from bench import stats
-    from bench.config import from_dict, to_dict
     from bench.registry import ATTACKS
 
     rows = scale_rows(records)
@@ -488,9 +488,8 @@ def run_scale(store: Store, records: Sequence[dict], xi_steps: int = 150, xi_lr:
     xi: dict[tuple, list[float]] = {}
     for model, mp, dataset, attack, seed in cells:
         progress(f"xi(1, 1): {model}/{attack}/seed{seed}")
-        cls = ATTACKS.get(attack)
-        acfg = {"attack": attack, "attack_params": to_dict(from_dict(cls.Params, {}, attack)), "seed": seed}
-        d = run_disentanglement(model, json_load(mp), dataset, {attack: acfg}, [0.0, 1.0], xi_steps, xi_lr, seed)
+        params = build_params(ATTACKS, attack, {}, "attack_params")
+        d = run_disentanglement(model, json_load(mp), dataset, {attack: (params, seed)}, [0.0, 1.0], xi_steps, xi_lr, seed)
         for key, heat in d["xi"].items():
             variant = "mix" if key.endswith("/mix") else "triggered"
             xi.setdefault((model, variant), []).append(heat[1][1])

@@ -111,8 +111,7 @@ def _planned_rows(suite, sel: PageSelection) -> set[tuple]:
 
     plan = plan_grid(suite, sel.selection())
     return {
-        (t["artifact"]["model"], t["artifact"]["dataset"], t["artifact"]["setting"], t["artifact"]["attack"],
-         t["defense"], t["artifact"]["seed"])
+        (t.artifact.model, t.artifact.dataset, t.artifact.setting, t.artifact.attack, t.defense, t.artifact.seed)
         for t in plan.trials
     }  # fmt: skip
 
@@ -194,17 +193,16 @@ def page_commands(rows: pd.DataFrame, suite, suite_ref: str) -> list[str]:
 def union_plan(suite, selections: Iterable[PageSelection]):
     """One plan holding every trial (and artifact) of the selections, each once."""
     from bench.grid import Plan, plan_grid
-    from bench.trial import artifact_id, trial_id
 
     plan, seen_t, seen_a = Plan(), set(), set()
     for sel in selections:
         part = plan_grid(suite, sel.selection())
         for a in part.artifacts:
-            if artifact_id(a) not in seen_a:
-                seen_a.add(artifact_id(a))
+            if a.id not in seen_a:
+                seen_a.add(a.id)
                 plan.artifacts.append(a)
         for t in part.trials:
-            if trial_id(t) not in seen_t:
-                seen_t.add(trial_id(t))
+            if t.id not in seen_t:
+                seen_t.add(t.id)
                 plan.trials.append(t)
     return plan

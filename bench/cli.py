@@ -108,19 +108,19 @@ def _apply_environment(args: argparse.Namespace) -> None:
 def preflight(plan) -> list[str]:
     """Every missing dataset file and model weight the plan needs, found by looking
     for files only (seconds), so a run fails before any training rather than hours in."""
-    from bench.models.zoo import model_params
     from bench.registry import DATASETS, MODELS
 
     problems: list[str] = []
-    datasets = {a["dataset"] for a in plan.artifacts} | {d for a in plan.artifacts for d in a["control_datasets"]}
+    datasets = {a.dataset for a in plan.artifacts} | {d for a in plan.artifacts for d in a.control_datasets}
     for name in sorted(datasets):
         check = getattr(DATASETS.get(name), "check", None)
         if check is not None:
             problems += check()
-    for name, params in sorted({(a["model"], json.dumps(a["model_params"], sort_keys=True)) for a in plan.artifacts}):
-        missing = getattr(MODELS.get(name), "missing", None)
+    models = {(a.model, json.dumps(a.model_params_json, sort_keys=True)): a for a in plan.artifacts}
+    for key in sorted(models):
+        missing = getattr(MODELS.get(key[0]), "missing", None)
         if missing is not None:
-            problem = missing(model_params(name, json.loads(params)))
+            problem = missing(models[key].model_params)
             if problem:
                 problems.append(problem)
     return problems
@@ -130,7 +130,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bench import leaderboard
     from bench.grid import Selection, plan_grid, run_serial
     from bench.store import Store
-    from bench.trial import trial_id
 
     suite = load_suite(args.suite)
     store = Store(args.results)  # a bad --results is an error before anything else (nothing is created)
@@ -224,7 +223,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"{summary.wall_s:.1f} s ({summary.executor}, {summary.workers} worker(s), "
         f"harness overhead {100 * summary.overhead_share:.0f}% of worker time)"
     )
-    records = leaderboard.select_records(store.records(), suite.name, {trial_id(t) for t in plan.trials})
+    records = leaderboard.select_records(store.records(), suite.name, {t.id for t in plan.trials})
     # (an object-store root has no local folder of its own: there, ./leaderboards)
     default_dir = Path("." if store.remote else store.root) / "leaderboards"
     out_dir = Path(args.leaderboards) if args.leaderboards else default_dir
@@ -399,16 +398,15 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             atomic_write_bytes(out / f"{stem}.png", plots.alpha_analysis(result))
             console.print(f"  -> {out / stem}.png, .csv; chosen alpha {result['chosen_alpha']}")
     else:
-        from bench.config import from_dict, to_dict
+        from bench.spec import build_params
 
-        attack_cfgs = {}
-        for name in args.attacks.split(","):
-            cls = ATTACKS.get(name)
-            params = to_dict(from_dict(cls.Params, suite.attack_params.get(name), f"attack_params.{name}"))
-            attack_cfgs[name] = {"attack": name, "attack_params": params, "seed": args.seed}
+        attacks = {
+            name: (build_params(ATTACKS, name, suite.attack_params.get(name), "attack_params"), args.seed)
+            for name in args.attacks.split(",")
+        }
         grid = args.grid
         result = analysis.run_disentanglement(
-            model, suite.model_params.get(model, {}) or {}, dataset, attack_cfgs, grid,
+            model, suite.model_params.get(model, {}) or {}, dataset, attacks, grid,
             args.steps, args.lr, args.seed, progress=lambda m: console.print(m),
         )  # fmt: skip
         stem = f"disentanglement-{model}-{result['dataset']}-s{args.seed}"
@@ -486,10 +484,10 @@ def _analyze_budget(args, store, suite, out: Path, start: float) -> int:
     plan = plan_grid(
         suite, Selection(attacks=args.attacks, defenses="none", settings=args.settings, seeds=str(args.seed))
     )
-    cells = [a for a in plan.artifacts if a["attack"] != "none"]
+    cells = [a for a in plan.artifacts if a.attack != "none"]
     result = analysis.run_budget(store, cells, budgets, progress=lambda m: console.print(m, highlight=False))
     # one file per (suite, settings, seed), so the settings can run as separate processes
-    settings = "+".join(sorted({c["setting"] for c in cells}))
+    settings = "+".join(sorted({c.setting for c in cells}))
     stem = f"attack-budget-{suite.name}-{settings}-s{args.seed}"
     analysis.save(result, store, stem)
     buf = io.StringIO()

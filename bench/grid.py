@@ -7,17 +7,19 @@ changed default changes the trial id and never silently reuses an old result.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bench import runtime
-from bench.config import ConfigError, SuiteConfig, from_dict, to_dict
+from bench.config import ConfigError, SuiteConfig
 from bench.inputs import config_inputs
 from bench.registry import ATTACKS, DATASETS, DEFENSES, MODELS, SETTINGS
+from bench.spec import ArtifactSpec, TrialSpec, build_params
 from bench.store import Store, StoreWriteError, canonical_json
-from bench.trial import artifact_id, check_cell, failed_record, run_attack, run_defense_counted, trial_id
+from bench.trial import check_cell, failed_record, run_attack, run_defense_counted
 
 
 @dataclass
@@ -35,17 +37,9 @@ class Selection:
 
 @dataclass
 class Plan:
-    artifacts: list[dict] = field(default_factory=list)
-    trials: list[dict] = field(default_factory=list)
+    artifacts: list[ArtifactSpec] = field(default_factory=list)
+    trials: list[TrialSpec] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (cell, reason)
-
-
-def _params(registry, name: str, overrides: dict, where: str) -> dict:
-    cls = registry.get(name)
-    params_cls = getattr(cls, "Params", None)
-    if params_cls is None and registry is DEFENSES:
-        raise ConfigError(f"defense {name!r} has no Params dataclass; give it one (an empty @dataclass for none)")
-    return to_dict(from_dict(params_cls, overrides.get(name), f"{where}.{name}")) if params_cls else {}
 
 
 def parse_seeds(spec: str) -> list[int]:
@@ -91,6 +85,15 @@ def plan_grid(suite: SuiteConfig, sel: Selection) -> Plan:
     precision = sel.precision or suite.precision
     plan = Plan()
     pairs = model_setting_pairs(models, settings, plan)
+    # Each method's knobs are validated once, here, and travel as Params objects in the specs.
+    model_params = {m: build_params(MODELS, m, suite.model_params.get(m), "model_params") for m in models}
+    setting_params = {s: build_params(SETTINGS, s, suite.setting_params.get(s), "setting_params") for s in settings}
+    attack_params = {a: build_params(ATTACKS, a, suite.attack_params.get(a), "attack_params") for a in attacks}
+    defense_params = {}
+    for d in defenses:
+        if getattr(DEFENSES.get(d), "Params", None) is None:
+            raise ConfigError(f"defense {d!r} has no Params dataclass; give it one (an empty @dataclass for none)")
+        defense_params[d] = build_params(DEFENSES, d, suite.defense_params.get(d), "defense_params")
     for model in models:
         for dataset in datasets:
             for setting in settings:
@@ -98,59 +101,47 @@ def plan_grid(suite: SuiteConfig, sel: Selection) -> Plan:
                     continue
                 for attack in attacks:
                     for seed in seeds:
-                        acfg = {
-                            "suite": suite.name,
-                            "model": model,
-                            "model_params": _params(MODELS, model, suite.model_params, "model_params"),
-                            "dataset": dataset,
-                            "setting": setting,
-                            "setting_params": _params(SETTINGS, setting, suite.setting_params, "setting_params"),
-                            "attack": attack,
-                            "attack_params": _params(ATTACKS, attack, suite.attack_params, "attack_params"),
-                            "seed": seed,
-                            "defender_fraction": suite.defender_fraction,
-                            "control_datasets": [d for d in suite.control_datasets if d != dataset],
-                        }
-                        version = DATASETS.entry(dataset).extra.get("version")
-                        if version is not None:  # a generated dataset's generator: a new one is new data
-                            acfg["dataset_version"] = version
-                        if precision != "fp32":  # only when set, so fp32 trial ids stay as they were
-                            acfg["precision"] = precision
-                        cell = f"{model}/{dataset}/{setting}/{attack}/seed{seed}"
-                        reason = check_cell(acfg)
+                        spec = ArtifactSpec(
+                            suite=suite.name,
+                            model=model,
+                            model_params=model_params[model],
+                            dataset=dataset,
+                            setting=setting,
+                            setting_params=setting_params[setting],
+                            attack=attack,
+                            attack_params=attack_params[attack],
+                            seed=seed,
+                            defender_fraction=suite.defender_fraction,
+                            control_datasets=tuple(d for d in suite.control_datasets if d != dataset),
+                            # a generated dataset's generator: a new one is new data
+                            dataset_version=DATASETS.entry(dataset).extra.get("version"),
+                            precision=precision,
+                        )
+                        reason = check_cell(spec)
                         if reason:
-                            plan.skipped.append((cell, reason))
+                            plan.skipped.append((spec.label, reason))
                             continue
-                        # Files the config names enter its identity by content (bench.inputs);
-                        # only when there are some, so ids of file-free configs stay as they were.
-                        inputs = config_inputs(acfg)
+                        # Files the config names enter its identity by content (bench.inputs).
+                        inputs = config_inputs(spec.to_json())
                         if inputs:
-                            acfg["inputs"] = inputs
-                        plan.artifacts.append(acfg)
+                            spec = dataclasses.replace(spec, inputs=inputs)
+                        plan.artifacts.append(spec)
                         for defense in defenses:
                             entry = DEFENSES.entry(defense)
                             if setting not in entry.settings:
                                 plan.skipped.append(
-                                    (f"{cell}/{defense}", f"defense {defense!r} does not support setting {setting!r}")
+                                    (f"{spec.label}/{defense}", f"defense {defense!r} does not support setting {setting!r}")
                                 )
                                 continue
                             if entry.obj.uses_attack_knowledge and not ATTACKS.get(attack).has_trigger:
                                 plan.skipped.append(
                                     (
-                                        f"{cell}/{defense}",
+                                        f"{spec.label}/{defense}",
                                         f"defense {defense!r} needs a trigger; attack {attack!r} has none",
                                     )
                                 )
                                 continue
-                            plan.trials.append(
-                                {
-                                    "artifact": acfg,
-                                    "defense": defense,
-                                    "defense_params": _params(
-                                        DEFENSES, defense, suite.defense_params, "defense_params"
-                                    ),
-                                }
-                            )
+                            plan.trials.append(TrialSpec(spec, defense, defense_params[defense]))
     return plan
 
 
@@ -161,9 +152,9 @@ class Work:
 
     reused: list[dict] = field(default_factory=list)
     corrupt: list[tuple[str, str]] = field(default_factory=list)  # (record path, reason)
-    artifacts: dict[str, dict] = field(default_factory=dict)  # artifact id -> stage-1 config
+    artifacts: dict[str, ArtifactSpec] = field(default_factory=dict)  # artifact id -> its spec
     built: set[str] = field(default_factory=set)  # artifact ids already in the store
-    trials: dict[str, list[dict]] = field(default_factory=dict)  # artifact id -> missing trials
+    trials: dict[str, list[TrialSpec]] = field(default_factory=dict)  # artifact id -> missing trials
 
     @property
     def n_trials(self) -> int:
@@ -172,17 +163,15 @@ class Work:
 
 def prepare_work(plan: Plan, store: Store) -> Work:
     work = Work()
-    for tcfg in plan.trials:
-        tid = trial_id(tcfg)
-        st = store.record_state(tid)
+    for trial in plan.trials:
+        st = store.record_state(trial.id)
         if st.state == "ok":
             work.reused.append(st.record)
             continue
         if st.state == "corrupt":
-            work.corrupt.append((str(store.record_path(tid)), st.reason))
-        aid = artifact_id(tcfg["artifact"])
-        work.artifacts.setdefault(aid, tcfg["artifact"])
-        work.trials.setdefault(aid, []).append(tcfg)
+            work.corrupt.append((str(store.record_path(trial.id)), st.reason))
+        work.artifacts.setdefault(trial.artifact.id, trial.artifact)
+        work.trials.setdefault(trial.artifact.id, []).append(trial)
     for aid in work.artifacts:
         # Locally the hash is checked too (through the digest cache, so once per file);
         # on object storage the size here, the hash when a unit downloads it.
@@ -205,21 +194,20 @@ def dry_run(plan: Plan, store: Store) -> tuple[list[tuple[str, str]], list[tuple
     with the reason (a failed or unreadable record)."""
     needed: set[str] = set()
     trials = []
-    for tcfg in plan.trials:
-        st = store.record_state(trial_id(tcfg))
+    for trial in plan.trials:
+        st = store.record_state(trial.id)
         if st.state == "ok":
             action = "reuse"
         else:
-            needed.add(artifact_id(tcfg["artifact"]))
+            needed.add(trial.artifact.id)
             action = {"missing": "compute", "failed": "recompute (stored record failed)"}.get(
                 st.state, f"recompute ({st.reason})"
             )
-        trials.append((action, trial_label(tcfg)))
+        trials.append((action, trial.label))
     artifacts = []
-    for acfg in plan.artifacts:
-        aid = artifact_id(acfg)
-        action = "reuse" if store.artifact_done(aid) else "compute" if aid in needed else "not needed"
-        artifacts.append((action, artifact_label(acfg)))
+    for spec in plan.artifacts:
+        action = "reuse" if store.artifact_done(spec.id) else "compute" if spec.id in needed else "not needed"
+        artifacts.append((action, spec.label))
     return artifacts, trials
 
 
@@ -270,18 +258,9 @@ class RunSummary:
         return max(0.0, 1.0 - self.compute_s / capacity) if capacity > 0 else 0.0
 
 
-def trial_label(tcfg: dict) -> str:
-    a = tcfg["artifact"]
-    return f"{a['model']}/{a['dataset']}/{a['setting']}/{a['attack']}/{tcfg['defense']}/seed{a['seed']}"
-
-
 def trial_label_of(record: dict) -> str:
     c = record["config"]
     return f"{c['model']}/{c['dataset']}/{c['setting']}/{c['attack']}/{c['defense']}/seed{c['seed']}"
-
-
-def artifact_label(acfg: dict) -> str:
-    return f"{acfg['model']}/{acfg['dataset']}/{acfg['setting']}/{acfg['attack']}/seed{acfg['seed']}"
 
 
 def prepare_victims(work: Work, progress: Callable[[str], None]) -> None:
@@ -291,15 +270,15 @@ def prepare_victims(work: Work, progress: Callable[[str], None]) -> None:
     from bench import settings
 
     seen = set()
-    for aid, acfg in work.artifacts.items():
-        key = (acfg["model"], canonical_json(acfg["model_params"]))
-        if aid in work.built or key in seen or not hasattr(MODELS.get(acfg["model"]).Params, "pretrain_config"):
+    for aid, spec in work.artifacts.items():
+        key = (spec.model, canonical_json(spec.model_params_json))
+        if aid in work.built or key in seen or not hasattr(spec.model_params, "pretrain_config"):
             continue
         seen.add(key)
         try:
-            settings.pretrained_clip(acfg["model"], acfg["model_params"], progress)
+            settings.pretrained_clip(spec.model, spec.model_params_json, progress)
         except Exception as e:  # the artifact's own unit meets it again and records it against its trials
-            progress(f"{acfg['model']}: could not prepare the victim ({type(e).__name__}: {e})")
+            progress(f"{spec.model}: could not prepare the victim ({type(e).__name__}: {e})")
 
 
 def run_serial(
@@ -329,36 +308,36 @@ def run_serial(
 
 
 def _serial_units(work: Work, store: Store, summary: RunSummary, events: Events) -> None:
-    for aid, tcfgs in work.trials.items():
+    for aid, trials in work.trials.items():
         if aid not in work.built:
-            events.on_start(f"attack {artifact_label(work.artifacts[aid])}")
+            events.on_start(f"attack {work.artifacts[aid].label}")
             result = attack_unit(work.artifacts[aid], store, events.progress)
             summary.compute_s += result["compute_s"]
-            events.on_unit_end(f"attack {artifact_label(work.artifacts[aid])}")
+            events.on_unit_end(f"attack {work.artifacts[aid].label}")
             if not result["ok"]:
-                for tcfg in tcfgs:
-                    summary.land(dependent_failure(tcfg, result, store), True, events)
+                for trial in trials:
+                    summary.land(dependent_failure(trial, result, store), True, events)
                 continue
-        for tcfg in tcfgs:
-            events.on_start(trial_label(tcfg))
-            result = defense_unit(tcfg, store, events.progress)
+        for trial in trials:
+            events.on_start(trial.label)
+            result = defense_unit(trial, store, events.progress)
             summary.compute_s += result["compute_s"]
             summary.land(result["record"], result["computed"], events)
 
 
 # ---------------------------------------------------------------- units
-# The two kinds of work, as functions of plain data: the serial executor calls them
+# The two kinds of work, as functions of a spec: the serial executor calls them
 # in-process, the Ray executor inside its trials. Neither raises for a method's error;
 # both raise StoreWriteError when the storage refuses a write, which stops the grid.
 # Both run as the reproducibility mode says whatever the executor (runtime.fixed_threads:
 # one thread, deterministic algorithms), so an artifact's bytes do not depend on who built it.
 
 
-def attack_unit(acfg: dict, store: Store, progress: Callable[[str], None] = lambda m: None) -> dict:
+def attack_unit(spec: ArtifactSpec, store: Store, progress: Callable[[str], None] = lambda m: None) -> dict:
     start = time.perf_counter()
     try:
         with runtime.fixed_threads():
-            run_attack(acfg, store, progress)
+            run_attack(spec, store, progress)
         return {"ok": True, "compute_s": time.perf_counter() - start}
     except StoreWriteError:
         raise
@@ -371,19 +350,19 @@ def attack_unit(acfg: dict, store: Store, progress: Callable[[str], None] = lamb
         }
 
 
-def dependent_failure(tcfg: dict, attack_result: dict, store: Store) -> dict:
+def dependent_failure(trial: TrialSpec, attack_result: dict, store: Store) -> dict:
     """The record of a trial whose attack artifact could not be built."""
     record = failed_record(
-        tcfg, f"stage 1 (attack artifact) failed: {attack_result['error']}", attack_result.get("traceback", "")
+        trial, f"stage 1 (attack artifact) failed: {attack_result['error']}", attack_result.get("traceback", "")
     )
     store.write_record(record)
     return record
 
 
 def defense_unit(
-    tcfg: dict, store: Store, progress: Callable[[str], None] = lambda m: None, worker: dict | None = None
+    trial: TrialSpec, store: Store, progress: Callable[[str], None] = lambda m: None, worker: dict | None = None
 ) -> dict:
     start = time.perf_counter()
     with runtime.fixed_threads():
-        record, computed = run_defense_counted(tcfg, store, progress, worker)
+        record, computed = run_defense_counted(trial, store, progress, worker)
     return {"record": record, "computed": computed, "compute_s": time.perf_counter() - start}

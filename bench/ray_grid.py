@@ -28,16 +28,15 @@ from bench.grid import (
     Events,
     Plan,
     RunSummary,
-    artifact_label,
     attack_unit,
     defense_unit,
     dependent_failure,
     prepare_victims,
     prepare_work,
-    trial_label,
 )
+from bench.spec import ArtifactSpec, TrialSpec
 from bench.store import Store, StoreWriteError
-from bench.trial import failed_record, trial_id
+from bench.trial import failed_record
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +101,7 @@ def _unit_trainable(config: dict) -> dict:
 
 def _run_unit(unit: dict, store: Store, worker: dict) -> dict:
     if unit["stage"] == 1:
-        result = attack_unit(unit["acfg"], store)
+        result = attack_unit(ArtifactSpec.from_json(unit["artifact"]), store)
         return {
             "stage": 1,
             "ok": result["ok"],
@@ -111,7 +110,7 @@ def _run_unit(unit: dict, store: Store, worker: dict) -> dict:
             "compute_s": result["compute_s"],
             "node_id": worker["node_id"],
         }
-    result = defense_unit(unit["tcfg"], store, worker=worker)
+    result = defense_unit(TrialSpec.from_json(unit["trial"]), store, worker=worker)
     return {
         "stage": 2,
         "trial_id": result["record"]["trial_id"],
@@ -342,8 +341,11 @@ def run_ray(plan: Plan, store: Store, opts: RayOptions, events: Events = Events(
 
         ready: list[dict] = []
         waiting: dict[str, list[dict]] = {}
-        for aid, tcfgs in work.trials.items():
-            units = [{"stage": 2, "aid": aid, "tcfg": t, "label": trial_label(t)} for t in tcfgs]
+        # Units carry their spec as JSON (Tune writes trial configs to disk) and a worker
+        # rebuilds it; the driver finds its own by id.
+        specs = {t.id: t for trials in work.trials.values() for t in trials}
+        for aid, trials in work.trials.items():
+            units = [{"stage": 2, "aid": aid, "tid": t.id, "trial": t.to_json(), "label": t.label} for t in trials]
             if aid in work.built:
                 ready.extend(units)
             else:
@@ -351,8 +353,8 @@ def run_ray(plan: Plan, store: Store, opts: RayOptions, events: Events = Events(
                     {
                         "stage": 1,
                         "aid": aid,
-                        "acfg": work.artifacts[aid],
-                        "label": f"attack {artifact_label(work.artifacts[aid])}",
+                        "artifact": work.artifacts[aid].to_json(),
+                        "label": f"attack {work.artifacts[aid].label}",
                     }
                 )
                 waiting[aid] = units
@@ -380,14 +382,14 @@ def run_ray(plan: Plan, store: Store, opts: RayOptions, events: Events = Events(
                         "error": result.get("error") or f"worker crashed: {crash}",
                         "traceback": result.get("traceback", ""),
                     }
-                    for tcfg in work.trials[unit["aid"]]:
-                        summary.land(dependent_failure(tcfg, error, store), True, events)
+                    for trial in work.trials[unit["aid"]]:
+                        summary.land(dependent_failure(trial, error, store), True, events)
                 return
-            tcfg = unit["tcfg"]
-            record = store.read_record(trial_id(tcfg))
+            trial = specs[unit["tid"]]
+            record = store.read_record(trial.id)
             if crash or record is None:
                 # The worker died before it could write: the driver records the failure.
-                record = failed_record(tcfg, f"worker crashed: {crash or 'no record written'}")
+                record = failed_record(trial, f"worker crashed: {crash or 'no record written'}")
                 store.write_record(record)
                 summary.land(record, True, events)
                 return

@@ -11,7 +11,7 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ from bench.models.zoo import model_params
 from bench.registry import DATASETS, MODELS, SETTINGS
 from bench.splits import defender_split, subseed
 from bench.train import LossFn, TrainSpec, clip_contrastive_loss, cross_entropy_loss, frozen, index_batches
+
+if TYPE_CHECKING:
+    from bench.spec import ArtifactSpec
 
 
 @dataclass(frozen=True)
@@ -205,9 +208,9 @@ class Setting(abc.ABC):
             out[name] = accuracy(predict(classify(ds), data.images[:n].float().div_(255)), data.labels[:n])
         return out
 
-    def attack_training_set(self, dataset: LabeledDataset, attack, acfg: dict) -> AttackTrainingSet:
+    def attack_training_set(self, dataset: LabeledDataset, attack, spec: ArtifactSpec) -> AttackTrainingSet:
         """Labelled settings: the attacker's share of the train split, poisoned."""
-        _, attacker_idx = defender_split(len(dataset.train), acfg["defender_fraction"], acfg["seed"])
+        _, attacker_idx = defender_split(len(dataset.train), spec.defender_fraction, spec.seed)
         data = dataset.train.subset(attacker_idx)
         dynamic = attack.batch_poisoner(dataset.num_classes, self.default_poison_rate)
         if dynamic is not None:
@@ -215,7 +218,7 @@ class Setting(abc.ABC):
             info = {"rate": rate, "n_train": len(data), "dynamic": True}
             return AttackTrainingSet((data.x, data.labels), info, per_batch=dynamic)
         ps = attack.poison(
-            data.x, data.labels, dataset.num_classes, self.default_poison_rate, subseed(acfg["seed"], "poison")
+            data.x, data.labels, dataset.num_classes, self.default_poison_rate, subseed(spec.seed, "poison")
         )
         info = {
             "rate": attack.poison_rate(data.labels, self.default_poison_rate),
@@ -355,22 +358,19 @@ class ContrastiveSetting(Setting):
     def encoder_parameters(self, victim):
         return list(victim.visual.parameters())
 
-    def attack_training_set(self, dataset, attack, acfg):
-        from bench.config import from_dict
-
-        params = from_dict(self.Params, acfg["setting_params"], "setting_params.contrastive")
+    def attack_training_set(self, dataset, attack, spec: ArtifactSpec):
         build = DATASETS.entry(dataset.name).extra["caption_corpus"]
-        images, labels_np, captions = build(params.corpus_size, acfg["seed"])
+        images, labels_np, captions = build(spec.setting_params.corpus_size, spec.seed)
         labels = torch.from_numpy(labels_np)
         x = images.float() / 255
-        seed = subseed(acfg["seed"], "poison")
+        seed = subseed(spec.seed, "poison")
         ps = attack.poison(x, labels, dataset.num_classes, self.default_poison_rate, seed)
         rng = np.random.default_rng(seed)
         if not attack.clean_label:
             # A poisoned pair's caption names its (attacker's) label through a template.
             for i, y in zip(ps.poisoned.tolist(), ps.y[ps.poisoned].tolist(), strict=True):
                 captions[i] = dataset.templates[rng.integers(len(dataset.templates))].format(dataset.classnames[y])
-        tokens = tokenize(captions, pretrained_clip(acfg["model"], acfg["model_params"]).context_length)
+        tokens = tokenize(captions, pretrained_clip(spec.model, spec.model_params_json).context_length)
         info = {
             "rate": attack.poison_rate(labels, self.default_poison_rate),
             "n_poisoned": len(ps.poisoned),

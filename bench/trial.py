@@ -1,6 +1,6 @@
 """One unit of grid work: stage 1 builds an attack artifact, stage 2 runs one
-defense on it and writes the result record. Both are plain functions of a config
-dict and a store, so the serial executor and Ray run exactly the same code."""
+defense on it and writes the result record. Both are plain functions of a spec
+(bench/spec.py) and a store, so the serial executor and Ray run exactly the same code."""
 
 from __future__ import annotations
 
@@ -19,16 +19,15 @@ from safetensors.torch import load_file
 
 from attacks.base import Attack
 from bench import curves, inputs, metrics, runtime, tradeoff
-from bench.config import from_dict
 from bench.data.base import LabeledDataset, Split, load_dataset
 from bench.registry import ATTACKS, DEFENSES, SETTINGS
+from bench.spec import ArtifactSpec, TrialSpec
 from bench.splits import defender_split, subseed
 from bench.store import (
     SCHEMA,
     STORAGE_ERRNOS,
     Store,
     StoreWriteError,
-    config_hash,
     load_weights,
     read_json,
     save_weights,
@@ -40,21 +39,14 @@ from defenses.base import DefenseContext, KnownAttack
 Progress = Callable[[str], None]
 
 
-def artifact_id(acfg: dict) -> str:
-    """Hash of the whole resolved stage-1 config (suite included: a record belongs to
-    exactly one suite, so `bench leaderboard --suite` and `bench run` agree)."""
-    return config_hash(acfg)
+def make_attack(name: str, params, seed: int, image_shape: tuple[int, int, int]) -> Attack:
+    """Attack `name` with its (validated) Params, its trigger drawn from the cell's seed."""
+    return ATTACKS.get(name)(params, image_shape, subseed(seed, "trigger"))
 
 
-def trial_id(tcfg: dict) -> str:
-    return config_hash(tcfg)
-
-
-def build_attack(acfg: dict, image_shape: tuple[int, int, int]) -> Attack:
-    inputs.verify(acfg)  # the files it names still hold what its id was computed from
-    cls = ATTACKS.get(acfg["attack"])
-    params = from_dict(cls.Params, acfg["attack_params"], f"attack_params.{acfg['attack']}")
-    return cls(params, image_shape, subseed(acfg["seed"], "trigger"))
+def build_attack(spec: ArtifactSpec, image_shape: tuple[int, int, int]) -> Attack:
+    inputs.verify(spec.to_json())  # the files it names still hold what its id was computed from
+    return make_attack(spec.attack, spec.attack_params, spec.seed, image_shape)
 
 
 def evaluate(classifier, attack: Attack, ds: LabeledDataset, split: Split | None = None) -> dict[str, float | None]:
@@ -97,19 +89,19 @@ def save_example(attack: Attack, ds: LabeledDataset, folder: Path) -> list[str]:
     return ["example_clean.png", "example_triggered.png"]
 
 
-def check_cell(acfg: dict) -> str | None:
+def check_cell(spec: ArtifactSpec) -> str | None:
     """None when the (model, dataset, setting, attack) cell can run, else the reason to skip it."""
-    if acfg["setting"] not in ATTACKS.entry(acfg["attack"]).settings:
-        return f"attack {acfg['attack']!r} does not support setting {acfg['setting']!r}"
-    return SETTINGS.get(acfg["setting"])().check_cell(acfg["model"], acfg["dataset"])
+    if spec.setting not in ATTACKS.entry(spec.attack).settings:
+        return f"attack {spec.attack!r} does not support setting {spec.setting!r}"
+    return SETTINGS.get(spec.setting)().check_cell(spec.model, spec.dataset)
 
 
 # ---------------------------------------------------------------- stage 1
 
 
-def run_attack(acfg: dict, store: Store, progress: Progress = lambda m: None) -> dict:
+def run_attack(spec: ArtifactSpec, store: Store, progress: Progress = lambda m: None) -> dict:
     """Implant the backdoor (or, for attack `none`, train cleanly) and save the artifact."""
-    aid = artifact_id(acfg)
+    aid = spec.id
     with store.claim(aid):  # another process building the same artifact: wait, then reuse it
         problem = store.artifact_problem(aid, verify_hash=True)
         if problem is None:
@@ -119,8 +111,8 @@ def run_attack(acfg: dict, store: Store, progress: Progress = lambda m: None) ->
         # Built in a folder of its own and moved into place whole: a failure leaves nothing.
         build = store.build_dir(aid)
         try:
-            with runtime.precision(acfg.get("precision", "fp32")):
-                meta = _attack(acfg, build, progress)
+            with runtime.precision(spec.precision):
+                meta = _attack(spec, build, progress)
             store.commit_artifact(aid, build)
             return meta
         except OSError as e:
@@ -131,41 +123,40 @@ def run_attack(acfg: dict, store: Store, progress: Progress = lambda m: None) ->
             store.discard_build(build)
 
 
-def _attack(acfg: dict, folder: Path, progress: Progress) -> dict:
-    aid = artifact_id(acfg)
+def _attack(spec: ArtifactSpec, folder: Path, progress: Progress) -> dict:
     start = time.perf_counter()
-    ds = load_dataset(acfg["dataset"])
-    setting = SETTINGS.get(acfg["setting"])()
-    attack = build_attack(acfg, tuple(ds.train.images.shape[1:]))
+    ds = load_dataset(spec.dataset)
+    setting = SETTINGS.get(spec.setting)()
+    attack = build_attack(spec, tuple(ds.train.images.shape[1:]))
+    model, model_params = spec.model, spec.model_params_json
 
     progress("preparing victim")
-    victim = setting.victim(acfg["model"], acfg["model_params"], ds, subseed(acfg["seed"], "init"), progress)
+    victim = setting.victim(model, model_params, ds, subseed(spec.seed, "init"), progress)
     prep_s = time.perf_counter() - start
     fit_info = None
     if attack.needs_fitting:
-        progress(f"optimising the {acfg['attack']} trigger")
-        _, attacker_idx = defender_split(len(ds.train), acfg["defender_fraction"], acfg["seed"])
-        fit_info = setting.fit_attack(
-            attack, victim, acfg["model"], acfg["model_params"], ds, ds.train.subset(attacker_idx)
-        )
-    data = setting.attack_training_set(ds, attack, acfg)
-    training = from_dict(setting.Params, acfg["setting_params"], f"setting_params.{acfg['setting']}")
-    spec: TrainSpec = training.spec(len(data), freeze_norm_stats=not setting.attack_updates_norm_stats)
-    gen = torch.Generator().manual_seed(subseed(acfg["seed"], "batches"))
-    torch.manual_seed(subseed(acfg["seed"], "train"))
+        progress(f"optimising the {spec.attack} trigger")
+        _, attacker_idx = defender_split(len(ds.train), spec.defender_fraction, spec.seed)
+        fit_info = setting.fit_attack(attack, victim, model, model_params, ds, ds.train.subset(attacker_idx))
+    data = setting.attack_training_set(ds, attack, spec)
+    training = spec.setting_params
+    schedule: TrainSpec = training.spec(len(data), freeze_norm_stats=not setting.attack_updates_norm_stats)
+    gen = torch.Generator().manual_seed(subseed(spec.seed, "batches"))
+    torch.manual_seed(subseed(spec.seed, "train"))
 
     def on_step(step: int, loss: float) -> None:
         if step % 10 == 0:
-            progress(f"attack training {step}/{spec.steps} loss {loss:.3f}")
+            progress(f"attack training {step}/{schedule.steps} loss {loss:.3f}")
 
-    stats = train(victim, setting.loss, data.batches(spec.batch_size, gen, training.augment, training.crop_padding), spec, on_step=on_step)
+    batches = data.batches(schedule.batch_size, gen, training.augment, training.crop_padding)
+    stats = train(victim, setting.loss, batches, schedule, on_step=on_step)
     progress("evaluating backdoored model")
-    test = evaluate(setting.classifier(victim, acfg["model"], acfg["model_params"], ds), attack, ds)
-    control = setting.control_accuracy(victim, acfg["model"], acfg["model_params"], acfg["control_datasets"])
+    test = evaluate(setting.classifier(victim, model, model_params, ds), attack, ds)
+    control = setting.control_accuracy(victim, model, model_params, list(spec.control_datasets))
     files = attack.save_trigger(folder) + save_example(attack, ds, folder)
     meta = {
-        "artifact_id": aid,
-        "config": acfg,
+        "artifact_id": spec.id,
+        "config": spec.to_json(),
         "metrics": {**test, "control": control},
         "poison": data.info,
         "trigger_quality": trigger_quality(attack, ds),
@@ -213,27 +204,12 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _record_config(tcfg: dict) -> dict:
-    a = tcfg["artifact"]
-    return {
-        "suite": a["suite"],
-        "model": a["model"],
-        "dataset": a["dataset"],
-        "setting": a["setting"],
-        "attack": a["attack"],
-        "defense": tcfg["defense"],
-        "seed": a["seed"],
-        **{k: v for k, v in a.items() if k not in ("suite", "model", "dataset", "setting", "attack", "seed")},
-        "defense_params": tcfg["defense_params"],
-    }
-
-
-def base_record(tcfg: dict, worker: dict | None = None) -> dict:
+def base_record(trial: TrialSpec, worker: dict | None = None) -> dict:
     return {
         "schema": SCHEMA,
-        "trial_id": trial_id(tcfg),
-        "artifact_id": artifact_id(tcfg["artifact"]),
-        "config": _record_config(tcfg),
+        "trial_id": trial.id,
+        "artifact_id": trial.artifact.id,
+        "config": trial.record_config(),
         "versions": dict(_versions()),
         "host": socket.gethostname(),
         "worker": {**(worker or {"executor": "serial"}), **runtime.describe(), "threads": torch.get_num_threads()},
@@ -241,33 +217,33 @@ def base_record(tcfg: dict, worker: dict | None = None) -> dict:
     }
 
 
-def failed_record(tcfg: dict, error: str, tb: str = "", worker: dict | None = None) -> dict:
-    return {**base_record(tcfg, worker), "status": "failed", "error": error, "traceback": tb}
+def failed_record(trial: TrialSpec, error: str, tb: str = "", worker: dict | None = None) -> dict:
+    return {**base_record(trial, worker), "status": "failed", "error": error, "traceback": tb}
 
 
-def run_defense(tcfg: dict, store: Store, progress: Progress = lambda m: None, worker: dict | None = None) -> dict:
+def run_defense(trial: TrialSpec, store: Store, progress: Progress = lambda m: None, worker: dict | None = None) -> dict:
     """Run one defense on a stored artifact, evaluate on test, write the record.
 
     The trial is claimed first, so two processes sharing a storage root never compute
     (or write) the same record at once; the second one finds the record and returns it.
     """
-    return run_defense_counted(tcfg, store, progress, worker)[0]
+    return run_defense_counted(trial, store, progress, worker)[0]
 
 
 def run_defense_counted(
-    tcfg: dict, store: Store, progress: Progress = lambda m: None, worker: dict | None = None
+    trial: TrialSpec, store: Store, progress: Progress = lambda m: None, worker: dict | None = None
 ) -> tuple[dict, bool]:
     """`run_defense`, also saying whether this call computed the record (False: reused)."""
-    tid = trial_id(tcfg)
+    tid = trial.id
     with store.claim(tid):
         existing = store.read_record(tid)
         if existing is not None and existing["status"] == "ok":
             return existing, False
-        record = base_record(tcfg, worker)
+        record = base_record(trial, worker)
         try:
             runtime.reset_peak_memory()
-            with runtime.precision(tcfg["artifact"].get("precision", "fp32")):
-                record.update(_defend(tcfg, store, progress))
+            with runtime.precision(trial.artifact.precision):
+                record.update(_defend(trial, store, progress))
             record["status"] = "ok"
         except StoreWriteError:
             raise
@@ -282,34 +258,34 @@ def run_defense_counted(
         return record, True
 
 
-def load_artifact(acfg: dict, store: Store):
+def load_artifact(spec: ArtifactSpec, store: Store):
     """(backdoored model, setting, dataset, attack) of a built artifact, exactly as
     stage 2 sees them."""
-    ds = load_dataset(acfg["dataset"])
-    setting = SETTINGS.get(acfg["setting"])()
-    attack = build_attack(acfg, tuple(ds.train.images.shape[1:]))
-    folder = store.fetch_artifact(artifact_id(acfg))  # checked against its sidecar's SHA-256
+    ds = load_dataset(spec.dataset)
+    setting = SETTINGS.get(spec.setting)()
+    attack = build_attack(spec, tuple(ds.train.images.shape[1:]))
+    folder = store.fetch_artifact(spec.id)  # checked against its sidecar's SHA-256
     if attack.needs_fitting:  # an optimised trigger is reloaded exactly, never re-fitted
         attack.restore(load_file(folder / "trigger.safetensors"))
-    model = setting.victim(acfg["model"], acfg["model_params"], ds, subseed(acfg["seed"], "init"))
+    model = setting.victim(spec.model, spec.model_params_json, ds, subseed(spec.seed, "init"))
     load_weights(model, folder / "model")
     return model.eval(), setting, ds, attack
 
 
-def _defend(tcfg: dict, store: Store, progress: Progress) -> dict:
-    acfg = tcfg["artifact"]
-    meta = run_attack(acfg, store, progress)  # normally already there: stage 1 ran first
-    model, setting, ds, attack = load_artifact(acfg, store)
+def _defend(trial: TrialSpec, store: Store, progress: Progress) -> dict:
+    spec = trial.artifact
+    meta = run_attack(spec, store, progress)  # normally already there: stage 1 ran first
+    model, setting, ds, attack = load_artifact(spec, store)
 
-    defense_cls = DEFENSES.get(tcfg["defense"])
-    if acfg["setting"] not in DEFENSES.entry(tcfg["defense"]).settings:
-        raise ValueError(f"defense {tcfg['defense']!r} does not support setting {acfg['setting']!r}")
-    defense = defense_cls(from_dict(defense_cls.Params, tcfg["defense_params"], f"defense_params.{tcfg['defense']}"))
-    pool_idx, _ = defender_split(len(ds.train), acfg["defender_fraction"], acfg["seed"])
+    defense_cls = DEFENSES.get(trial.defense)
+    if spec.setting not in DEFENSES.entry(trial.defense).settings:
+        raise ValueError(f"defense {trial.defense!r} does not support setting {spec.setting!r}")
+    defense = defense_cls(trial.defense_params)  # validated when the grid was planned
+    pool_idx, _ = defender_split(len(ds.train), spec.defender_fraction, spec.seed)
     known = None
     if defense_cls.uses_attack_knowledge:
         if not attack.has_trigger:
-            raise ValueError(f"defense {tcfg['defense']!r} needs a trigger; attack {acfg['attack']!r} has none")
+            raise ValueError(f"defense {trial.defense!r} needs a trigger; attack {spec.attack!r} has none")
         known = KnownAttack(apply=attack.apply, targets=lambda y: attack.targets(y, ds.num_classes))
     ctx = DefenseContext(
         model=model,
@@ -317,17 +293,17 @@ def _defend(tcfg: dict, store: Store, progress: Progress) -> dict:
         dataset=ds,
         clean_pool=ds.train.subset(pool_idx),
         val=ds.val,
-        seed=subseed(acfg["seed"], f"defense:{tcfg['defense']}"),
+        seed=subseed(spec.seed, f"defense:{trial.defense}"),
         train_size=len(ds.train),
         known=known,
         progress=progress,
-        classify=lambda m: setting.classifier(m, acfg["model"], acfg["model_params"], ds),
-        out_dir=store.trial_dir(trial_id(tcfg)),
-        model_name=acfg["model"],
-        model_params=acfg["model_params"],
+        classify=lambda m: setting.classifier(m, spec.model, spec.model_params_json, ds),
+        out_dir=store.trial_dir(trial.id),
+        model_name=spec.model,
+        model_params=spec.model_params_json,
     )
     classify = ctx.classify
-    ev = _evaluator(model, setting, acfg, ds, attack, classify)
+    ev = _evaluator(model, setting, spec, ds, attack, classify)
     progress("evaluating the backdoored model on validation")
     bd_val = ev.val()
     restore_backdoored = curves.snapshot(model)
@@ -335,7 +311,7 @@ def _defend(tcfg: dict, store: Store, progress: Progress) -> dict:
     out = defense.run(ctx)
     wall = time.perf_counter() - start
     if out.model is not model:  # every defense edits the victim in place; the curve relies on it
-        raise RuntimeError(f"defense {tcfg['defense']!r} returned a different model object; edit ctx.model in place")
+        raise RuntimeError(f"defense {trial.defense!r} returned a different model object; edit ctx.model in place")
 
     progress("evaluating defended model")
     t = ev.test()
@@ -374,12 +350,12 @@ def _defend(tcfg: dict, store: Store, progress: Progress) -> dict:
         result["defense"]["target_correct"] = out.extra["target_est"] == attack.params.target
     if setting.model_kind == "clip":  # methods.md section 1: record the zero-shot templates used
         result["templates"] = {
-            name: load_dataset(name).templates for name in [acfg["dataset"], *acfg["control_datasets"]]
+            name: load_dataset(name).templates for name in [spec.dataset, *spec.control_datasets]
         }
     # Departures from each method's reference (docs/methods.md, last section), for footnotes.
     result["deviations"] = {
-        "defense": defense.deviations_in(acfg["setting"]),
-        "attack": attack.deviations_in(acfg["setting"]),
+        "defense": defense.deviations_in(spec.setting),
+        "attack": attack.deviations_in(spec.setting),
     }
     result["curve"] = to["curve"]
     result["matched"] = to["matched"]  # the oracle point: lowest validation ASR (attacker's trigger)
@@ -408,8 +384,9 @@ CURVE_REFINE_STEPS = 4  # bisections per retention level on continuous knobs
 CONTROL_VAL = 300  # control accuracy along a curve: the first 300 validation images per control set
 
 
-def _evaluator(model, setting, acfg: dict, ds: LabeledDataset, attack: Attack, classify) -> curves.Evaluator:
+def _evaluator(model, setting, spec: ArtifactSpec, ds: LabeledDataset, attack: Attack, classify) -> curves.Evaluator:
     """Validation and test metrics of `model` in whatever state it is in when called."""
+    name, params, controls = spec.model, spec.model_params_json, list(spec.control_datasets)
     x_val = ds.val.x
     x_val_trig = attack.apply(x_val) if attack.has_trigger else None
     t_val = attack.targets(ds.val.labels, ds.num_classes) if attack.has_trigger else None
@@ -419,14 +396,12 @@ def _evaluator(model, setting, acfg: dict, ds: LabeledDataset, attack: Attack, c
         out = {"ca": metrics.accuracy(metrics.predict(clf, x_val), ds.val.labels), "asr": None}
         if x_val_trig is not None:
             out["asr"] = metrics.attack_success_rate(metrics.predict(clf, x_val_trig), ds.val.labels, t_val)
-        out["control"] = setting.control_accuracy(
-            model, acfg["model"], acfg["model_params"], acfg["control_datasets"], split="val", limit=CONTROL_VAL
-        )
+        out["control"] = setting.control_accuracy(model, name, params, controls, split="val", limit=CONTROL_VAL)
         return out
 
     def test() -> dict:
         out = evaluate(classify(model), attack, ds)
-        out["control"] = setting.control_accuracy(model, acfg["model"], acfg["model_params"], acfg["control_datasets"])
+        out["control"] = setting.control_accuracy(model, name, params, controls)
         return out
 
     return curves.Evaluator(val, test)

@@ -63,16 +63,22 @@ def test_cosine_matrix_has_a_unit_diagonal_and_is_symmetric():
 
 
 def test_budget_configs_scale_only_the_training_length():
-    from bench.trial import artifact_id
+    from bench.config import SuiteConfig
+    from bench.grid import Selection, plan_grid
 
-    base = {"attack": "wanet", "seed": 0, "setting": "finetune", "setting_params": {"epochs": 12, "lr": 3e-4}}
-    out = dict(analysis.budget_configs(base, [0.25, 1, 2]))
-    assert [c["setting_params"]["epochs"] for c in out.values()] == [3.0, 12, 24]
-    assert out[1] == base and artifact_id(out[1]) == artifact_id(base)  # 1x is the suite's own artifact
-    assert all(c["setting_params"]["lr"] == 3e-4 for c in out.values())
-    assert base["setting_params"]["epochs"] == 12  # the base config is not mutated
-    steps = dict(analysis.budget_configs({"setting_params": {"steps": 900, "epochs": 0}}, [0.5, 2]))
-    assert [c["setting_params"]["steps"] for c in steps.values()] == [450, 1800]
+    def base(setting_params):
+        suite = SuiteConfig(name="budget", control_datasets=[], setting_params={"finetune": setting_params})
+        return plan_grid(suite, Selection(attacks="wanet", defenses="none")).artifacts[0]
+
+    cell = base({"epochs": 12, "lr": 3e-4})
+    out = dict(analysis.budget_configs(cell, [0.25, 1, 2]))
+    assert [c.setting_params.epochs for c in out.values()] == [3.0, 12, 24]
+    assert out[1] == cell and out[1].id == cell.id  # 1x is the suite's own artifact
+    assert len({c.id for c in out.values()}) == 3
+    assert all(c.setting_params.lr == 3e-4 for c in out.values())
+    assert cell.setting_params.epochs == 12  # the base spec is not changed
+    steps = dict(analysis.budget_configs(base({"steps": 900}), [0.5, 2]))
+    assert [c.setting_params.steps for c in steps.values()] == [450, 1800]
 
 
 def test_efficiency_rows_use_only_cells_whose_attack_worked():

@@ -139,13 +139,12 @@ def test_dry_run_tells_reused_from_computed_and_recomputed(tmp_path):
     from bench.config import SuiteConfig
     from bench.grid import Selection, dry_run, plan_grid
     from bench.store import SCHEMA, Store
-    from bench.trial import trial_id
 
     suite = SuiteConfig(name="dry", models=["tiny-clip"], control_datasets=["colors"])
     plan = plan_grid(suite, Selection(attacks="badnets", defenses="tbar,finetune"))
     store = Store(tmp_path)
     (tmp_path / "records").mkdir()
-    ok, bad = (trial_id(t) for t in plan.trials[:2])
+    ok, bad = (t.id for t in plan.trials[:2])
     (tmp_path / "records" / f"{ok}.json").write_text(
         json.dumps({"schema": SCHEMA, "trial_id": ok, "status": "ok", "metrics": {}})
     )

@@ -35,7 +35,7 @@ def test_plan_pairs_models_with_their_settings_and_skips_with_reasons():
     only_ft = plan_grid(_suite(), Selection(attacks="badnets", defenses="tbar", settings="finetune"))
     assert "needs a clip model" in dict(only_ft.skipped)["tiny-resnet"]
     # the `none` defense is always planned: every table has that row
-    assert sorted((t["artifact"]["attack"], t["defense"]) for t in plan.trials) == [
+    assert sorted((t.artifact.attack, t.defense) for t in plan.trials) == [
         ("badnets", "none"),
         ("badnets", "tbar"),
         ("none", "none"),
@@ -43,12 +43,10 @@ def test_plan_pairs_models_with_their_settings_and_skips_with_reasons():
 
 
 def test_trial_ids_change_with_any_knob():
-    from bench.trial import trial_id
-
     a = plan_grid(_suite(), Selection(attacks="badnets", defenses="tbar")).trials
     b = plan_grid(_suite(defense_params={"tbar": {"steps": 6}}), Selection(attacks="badnets", defenses="tbar")).trials
-    assert trial_id(a[0]) == trial_id(b[0])  # `none` defense: unaffected
-    assert trial_id(a[1]) != trial_id(b[1])
+    assert a[0].id == b[0].id  # `none` defense: unaffected
+    assert a[1].id != b[1].id
 
 
 @pytest.mark.slow
@@ -147,7 +145,7 @@ def one_bisection(monkeypatch):
 def test_every_defense_runs_in_the_supervised_setting(tmp_path, one_bisection):
     suite = _suite(defense_params=TINY_DEFENSES, setting_params={"supervised": {"steps": 10, "batch_size": 32}})
     plan = plan_grid(suite, Selection(attacks="badnets", defenses="all"))
-    ran = {t["defense"] for t in plan.trials}
+    ran = {t.defense for t in plan.trials}
     assert ran == {"none", "tbar", "tbar-mix", "tbar-inverted", "finetune", "fine-pruning", "anp", "clp", "neural-cleanse"}
     summary = run_serial(plan, Store(tmp_path))
     assert summary.failed == [], summary.failed
@@ -179,7 +177,7 @@ def test_every_defense_runs_in_the_clip_settings(tmp_path, one_bisection, settin
         defense_params=TINY_DEFENSES,
     )
     plan = plan_grid(suite, Selection(attacks="badnets", defenses="all"))
-    assert must_run <= {t["defense"] for t in plan.trials}
+    assert must_run <= {t.defense for t in plan.trials}
     summary = run_serial(plan, Store(tmp_path))
     assert summary.failed == [], summary.failed
     for r in summary.records:

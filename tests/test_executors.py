@@ -157,8 +157,8 @@ def test_a_failed_attack_fails_its_trials_once_without_retrying(tmp_path, monkey
 
     calls = []
 
-    def broken(acfg, store, progress):
-        calls.append(acfg["attack"])
+    def broken(spec, store, progress):
+        calls.append(spec.attack)
         raise RuntimeError("the attack broke")
 
     monkeypatch.setattr(grid, "run_attack", broken)

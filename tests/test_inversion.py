@@ -76,16 +76,14 @@ def planted(tmp_path_factory):
         # no crop-flip: 300 steps with the default augmentation plant only 22% ASR
         setting_params={"supervised": {"steps": 300, "batch_size": 128, "augment": "none"}},
     )
-    acfg = plan_grid(suite, Selection(attacks="badnets", defenses="none")).artifacts[0]
+    spec = plan_grid(suite, Selection(attacks="badnets", defenses="none")).artifacts[0]
     store = Store(tmp_path_factory.mktemp("planted"))
-    meta = run_attack(acfg, store)
+    meta = run_attack(spec, store)
     setting = SETTINGS.get("supervised")()
     ds = load_dataset("shapes")
-    model = setting.victim(acfg["model"], acfg["model_params"], ds, 0)
+    model = setting.victim(spec.model, spec.model_params_json, ds, 0)
     from bench.store import load_weights
-    from bench.trial import artifact_id
-
-    load_weights(model, store.artifact_dir(artifact_id(acfg)) / "model")
+    load_weights(model, store.artifact_dir(spec.id) / "model")
     return model.eval(), meta, ds
 
 

@@ -14,7 +14,6 @@ from bench.grid import Selection, plan_grid
 from bench.models.classifiers import PreActResNet, TimmParams, build_timm
 from bench.models.zoo import model_params
 from bench.registry import MODELS, UnknownNameError
-from bench.trial import trial_id
 
 
 def test_arch_colon_tag_resolves_to_the_open_clip_model_with_that_tag():
@@ -34,10 +33,10 @@ def test_the_tag_in_the_name_enters_the_trial_config_and_its_id():
         tag: plan_grid(suite, Selection(attacks="badnets", defenses="none", models=f"ViT-B-32:{tag}"))
         for tag in ("openai", "laion2b_s34b_b79k")
     }
-    acfg = plans["openai"].artifacts[0]
-    assert acfg["model"] == "ViT-B-32:openai"
-    assert acfg["model_params"] == {"pretrained": "openai", "checkpoint": None, "init_seed": 0}
-    assert trial_id(plans["openai"].trials[0]) != trial_id(plans["laion2b_s34b_b79k"].trials[0])
+    spec = plans["openai"].artifacts[0]
+    assert spec.model == "ViT-B-32:openai"
+    assert spec.model_params_json == {"pretrained": "openai", "checkpoint": None, "init_seed": 0}
+    assert plans["openai"].trials[0].id != plans["laion2b_s34b_b79k"].trials[0].id
 
 
 def test_the_name_fixes_the_tag():
