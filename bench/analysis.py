@@ -63,7 +63,7 @@ def cosine_matrix(vectors: Mapping[str, Vector]) -> tuple[list[str], list[list[f
     return names, [[taskvec.cosine(vectors[a], vectors[b]) for b in names] for a in names]
 
 
-def efficiency_rows(records: Sequence[dict], min_backdoor_asr: float = 0.5) -> list[dict]:
+def efficiency_rows(records: Sequence[dict], min_backdoor_asr: float = tables.TOOK) -> list[dict]:
     """Per defense, over cells whose attack worked: samples, seconds, CA retention, ASR."""
     rows: dict[str, list[dict]] = {}
     for r in records:
@@ -473,7 +473,7 @@ def run_scale(store: Store, records: Sequence[dict], xi_steps: int = 150, xi_lr:
         c, m = r["config"], r.get("metrics") or {}
         if r.get("status") != "ok" or c["defense"] not in ("tbar", "tbar-mix"):
             continue
-        if (m.get("backdoored") or {}).get("asr") is None or m["backdoored"]["asr"] < 0.5:
+        if (m.get("backdoored") or {}).get("asr") is None or m["backdoored"]["asr"] < tables.TOOK:
             continue
         progress(f"vector diagnostics: {c['model']}/{c['attack']}/{c['defense']}/seed{c['seed']}")
         diag.setdefault((c["model"], c["defense"]), []).append(vector_diagnostics(store, r))

@@ -18,7 +18,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from bench import knobs
-from bench.registry import ATTACKS, DATASETS, DEFENSES, MODELS, SETTINGS, UnknownNameError
+from bench.registry import ATTACKS, DATASETS, DEFENSES, MODELS, SETTINGS, UnknownNameError, did_you_mean
 
 P = TypeVar("P")
 
@@ -215,12 +215,8 @@ def suite_file_problem(path: Path) -> str | None:
 
 
 def unknown_suite_message(name: str) -> str:
-    import difflib
-
     names = suite_names()
-    close = difflib.get_close_matches(name, names, n=1, cutoff=0.5)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    return f"unknown suite {name!r}.{hint} Valid: {', '.join(names)} (or a .yaml path)"
+    return f"unknown suite {name!r}.{did_you_mean(name, names)} Valid: {', '.join(names)} (or a .yaml path)"
 
 
 def load_suite(name_or_path: str) -> SuiteConfig:

@@ -23,7 +23,13 @@ from bench import tables
 from bench.store import atomic_write_bytes
 from bench.tables import KEYS, LEVELS
 
-DETECTORS = ("neural-cleanse", "decree")  # return the model unchanged: their own table
+
+def detectors(names) -> set[str]:
+    """The defenses among `names` registered as detectors (`Defense.detector`): they return
+    the model unchanged, so they get a table of their own and are never ranked."""
+    from bench.registry import DEFENSES
+
+    return {d for d in set(names) if d in DEFENSES and getattr(DEFENSES.get(d), "detector", False)}
 
 CSV_COLUMNS = [
     *KEYS, "n_seeds", "n_took",
@@ -132,7 +138,8 @@ class Board:
     @property
     def defenses(self) -> list[str]:
         names = sorted(set(self.agg["defense"])) if len(self.agg) else []
-        return sorted(names, key=lambda d: (d != "none", d in DETECTORS, d))
+        found = detectors(names)
+        return sorted(names, key=lambda d: (d != "none", d in found, d))
 
     @property
     def groups(self) -> list[tuple]:
@@ -142,7 +149,7 @@ class Board:
 def build(records: list[dict], suite: str, provenance: dict | None = None) -> Board:
     frame = tables.records_frame(records)
     agg = tables.aggregate(frame) if len(frame) else pd.DataFrame(columns=CSV_COLUMNS)
-    ranked = frame[~frame["defense"].isin(DETECTORS)] if len(frame) else frame  # detectors change no model
+    ranked = frame[~frame["defense"].isin(detectors(frame["defense"]))] if len(frame) else frame  # detectors change no model
     summ = tables.summary(ranked) if len(ranked) else pd.DataFrame()
     empty = pd.DataFrame(columns=["group", "a", "b", "pairs", "unit", "diff", "ci", "p", "p_holm", "significant"])
     pairs = tables.pairwise(ranked) if len(ranked) else empty
@@ -207,7 +214,8 @@ def group_table(board: Board, group: tuple) -> dict:
     """One (model, dataset, setting): attacks as rows, defenses as column groups of
     CA / ASR (own rule) / ASR@95 (blind) with its test retention, with the knob value the
     own rule chose. Intervals are over the cell's seeds."""
-    defenses = [d for d in board.defenses if d not in DETECTORS]
+    found = detectors(board.defenses)
+    defenses = [d for d in board.defenses if d not in found]
     a = board.agg
     attacks = sorted(set(a[(a.model == group[0]) & (a.dataset == group[1]) & (a.setting == group[2])]["attack"]))
     attacks.sort(key=lambda x: (x == "none", x))
@@ -309,6 +317,7 @@ def answer(board: Board) -> dict:
     cols = sorted({tuple(r) for r in took[tables.CELL].itertuples(index=False)},
                   key=lambda c: (c[2], c[3], sizes.get(c[0], math.inf), c)) if len(took) else []  # fmt: skip
     order = list(dict.fromkeys(board.summary["defense"])) if len(board.summary) else []
+    found = detectors(board.defenses)
     grid = {}
     for d in order:
         mine = took[took.defense == d].set_index(tables.CELL)
@@ -317,13 +326,13 @@ def answer(board: Board) -> dict:
             grid[d, cell] = tables.stats.mean_ci(sel["asr_r95"].tolist())
     best = {}
     for cell in cols:
-        ests = [grid[d, cell] for d in order if d not in DETECTORS and grid[d, cell].n]
+        ests = [grid[d, cell] for d in order if d not in found and grid[d, cell].n]
         if ests:
             top = min(ests, key=lambda e: e.mean)
             best[cell] = top.mean + (0 if _nan(top.half) else top.half)
     rows = []
     for d in order:
-        if d in DETECTORS:
+        if d in found:
             continue
         cells = []
         for cell in cols:
@@ -349,10 +358,11 @@ def threat_models(board: Board) -> list[dict]:
     from bench.registry import DEFENSES
 
     out = []
+    found = detectors(board.defenses)
     for d in board.defenses:
         obj = DEFENSES.entry(d).obj if d in DEFENSES else None
         out.append({"defense": d, "data": getattr(obj, "data_used", "?"), "knows": getattr(obj, "knows", "?"),
-                    "detector": d in DETECTORS})  # fmt: skip
+                    "detector": d in found})  # fmt: skip
     return out
 
 
@@ -363,10 +373,11 @@ def rankings(board: Board) -> list[dict]:
     if not len(s):
         return out
     knows = {t["defense"]: t["knows"] for t in threat_models(board)}
+    found = detectors(board.defenses)
     for g, grp in s.groupby("group", sort=True):
         rows = []
         for r in grp.itertuples():
-            if r.defense in DETECTORS:
+            if r.defense in found:
                 continue
             name = r.defense + (" (knows the trigger)" if knows.get(r.defense, "nothing") != "nothing" else "")
             rows.append(
@@ -417,7 +428,7 @@ def significance(board: Board, group: int = 0) -> list[str]:
 
 def detector_rows(board: Board) -> list[dict]:
     a = board.agg
-    d = a[a["defense"].isin(DETECTORS) & (a["attack"] != "none")]
+    d = a[a["defense"].isin(detectors(board.defenses)) & (a["attack"] != "none")]
     out = []
     for r in d.sort_values(["setting", "attack", "defense"]).itertuples():
         out.append(

@@ -15,6 +15,8 @@ matplotlib.use("Agg")  # headless: CI and clusters have no display
 import matplotlib.pyplot as plt
 import pandas as pd
 
+from bench import tables
+
 
 def _png(fig) -> bytes:
     buf = io.BytesIO()
@@ -56,7 +58,7 @@ def curves(records: list[dict]) -> bytes | None:
     for r in records:
         c, m = r["config"], r.get("metrics") or {}
         bd = (m.get("backdoored") or {}).get("asr")
-        if r.get("status") != "ok" or c["attack"] == "none" or bd is None or bd < 0.5 or not r.get("curve"):
+        if r.get("status") != "ok" or c["attack"] == "none" or bd is None or bd < tables.TOOK or not r.get("curve"):
             continue
         by_panel.setdefault((c["model"], c["setting"], c["attack"], c["seed"]), []).append(r)
     if not by_panel:
@@ -95,36 +97,6 @@ def curves(records: list[dict]) -> bytes | None:
         fig.legend(handles, labels, fontsize=7, loc="lower center", ncol=min(6, len(labels)), bbox_to_anchor=(0.5, -0.02))
     fig.suptitle("Trade-off curves on validation (each defense over its strength knob; dotted: 95% and 90% retention)", fontsize=9)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
-    return _png(fig)
-
-
-def alpha_curves(records: list[dict]) -> bytes | None:
-    """Validation CA and ASR against TBAR's scaling coefficient, one panel per record."""
-    curves = [r for r in records if r.get("status") == "ok" and r.get("curve")]
-    if not curves:
-        return None
-    curves.sort(key=lambda r: (r["config"]["defense"], r["config"]["attack"], r["config"]["model"]))
-    n = len(curves)
-    cols = min(4, n)
-    rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.7 * rows), squeeze=False, sharey=True)
-    for ax, rec in zip(axes.flat, curves, strict=False):
-        c = rec["config"]
-        alphas = [p.get("knob", p.get("alpha")) for p in rec["curve"]]
-        ax.plot(alphas, [100 * p["ca"] for p in rec["curve"]], label="val CA", color="tab:blue")
-        ax.plot(alphas, [100 * (p["asr"] or 0) for p in rec["curve"]], label="val ASR", color="tab:red")
-        chosen = (rec.get("defense") or {}).get("alpha")
-        if chosen is not None:
-            ax.axvline(chosen, color="black", lw=1, ls="--")
-        ax.set_title(f"{c['defense']} / {c['attack']}\n{c['model']} {c['setting']} s{c['seed']}", fontsize=8)
-        ax.set_xlabel("alpha", fontsize=8)
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
-    axes[0][0].set_ylabel("%")
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle("TBAR validation curves (dashed: the chosen alpha)", fontsize=10)
-    fig.tight_layout()
     return _png(fig)
 
 

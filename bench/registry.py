@@ -23,6 +23,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 
 
+def did_you_mean(word: str, pool) -> str:
+    """' Did you mean 'x'?' for the closest name in `pool`, or '' when none is close."""
+    close = difflib.get_close_matches(word, list(pool), n=1, cutoff=0.5)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
 class UnknownNameError(ValueError):
     """A name that no registry entry has; the message is one line with a suggestion."""
 
@@ -134,9 +140,7 @@ class Registry(Generic[T]):
 
     def unknown_message(self, name: str) -> str:
         names = self.names()
-        pool = names + [c for r in self._resolvers for c in r.candidates()]
-        close = difflib.get_close_matches(name, pool, n=1, cutoff=0.5)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(name, names + [c for r in self._resolvers for c in r.candidates()])
         more = "".join(f"; {r.hint}" for r in self._resolvers if r.hint)
         return f"unknown {self.kind} {name!r}.{hint} Valid: {', '.join(names)}{more}"
 

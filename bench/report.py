@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench import analysis
+from bench import analysis, tables
 from bench.leaderboard import pct, select_records
 from bench.store import Store, atomic_write_bytes
 
@@ -39,7 +39,7 @@ def _mean(vals: list[float]) -> float:
     return sum(vals) / len(vals) if vals else float("nan")
 
 
-def tbar_cells(records: list[dict], defense: str = "tbar", min_backdoor_asr: float = 0.5) -> list[dict]:
+def tbar_cells(records: list[dict], defense: str = "tbar", min_backdoor_asr: float = tables.TOOK) -> list[dict]:
     out = []
     for r in records:
         c, m = r["config"], r.get("metrics") or {}

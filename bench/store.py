@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -218,10 +217,6 @@ def quarantine(paths: list[Path], folder: Path, reason: str) -> Path | None:
             os.replace(p, dest / p.name)
     log.warning("quarantined %s -> %s: %s; it will be rebuilt", ", ".join(map(str, present)), dest, reason)
     return dest
-
-
-def state_to_cpu(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
 @dataclass

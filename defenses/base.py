@@ -184,6 +184,9 @@ class Checkpoints:
 class Defense(abc.ABC):
     Params: type
     uses_attack_knowledge: bool = False
+    # A detector names the target (or flags the model) and returns it unchanged: the pages
+    # give it a table of its own and never rank it with the defenses that remove.
+    detector: bool = False
     # The threat model, as every leaderboard page states it: the data the defense spends
     # (clean, triggered, none) and what it knows of the attack (trigger, target, nothing).
     data_used: str = "clean"

@@ -46,6 +46,7 @@ class Detector(Defense):
     """Runs an inversion and reports it; the model is returned unchanged."""
 
     method: str
+    detector = True
 
     def run(self, ctx: DefenseContext) -> DefenseOutput:
         meter = DataMeter()

@@ -31,7 +31,6 @@ them. Weights come from the local HF cache (timm's `hf_hub_id` for the tag,
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import functools
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ from annotated_types import Ge
 from torch import nn
 
 from bench.models.clip import MEAN, STD, normalize_images, resize_to
-from bench.registry import MODELS, Resolver, UnknownNameError
+from bench.registry import MODELS, Resolver, UnknownNameError, did_you_mean
 
 TIMM_PREFIX = "timm:"
 TIMM_WEIGHTS = "model.safetensors"
@@ -277,11 +276,6 @@ def _timm_loader(arch: str, tag: str | None) -> type:
     return TimmModel
 
 
-def _close(word: str, pool) -> str:
-    close = difflib.get_close_matches(word, list(pool), n=1, cutoff=0.5)
-    return f" Did you mean {close[0]!r}?" if close else ""
-
-
 def resolve_timm(name: str):
     """The MODELS resolver for timm:ARCH and timm:ARCH.TAG."""
     if not name.startswith(TIMM_PREFIX):
@@ -290,7 +284,7 @@ def resolve_timm(name: str):
     archs = timm_architectures()
     if arch not in archs:
         raise UnknownNameError(
-            f"unknown timm architecture {arch!r} in {name!r}.{_close(arch, archs)} See bench list models 'timm:*'"
+            f"unknown timm architecture {arch!r} in {name!r}.{did_you_mean(arch, archs)} See bench list models 'timm:*'"
         )
     if not dot:
         return (_timm_loader(arch, None), f"timm {arch}, trained from scratch", ("supervised",),
@@ -299,7 +293,7 @@ def resolve_timm(name: str):
     if tag not in tags:
         valid = ", ".join(tags) if tags else "none (use the bare timm:ARCH)"
         raise UnknownNameError(
-            f"timm architecture {arch!r} has no pretrained tag {tag!r}.{_close(tag, tags)} Tags: {valid}"
+            f"timm architecture {arch!r} has no pretrained tag {tag!r}.{did_you_mean(tag, tags)} Tags: {valid}"
         )
     return (_timm_loader(arch, tag), f"timm {arch} from the {tag!r} weights (local HF cache)", ("supervised",),
             {"kind": "classifier", "family": "timm", "arch": arch, "tag": tag})  # fmt: skip

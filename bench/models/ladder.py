@@ -39,7 +39,6 @@ RUNGS: dict[str, tuple[str, dict]] = {
         {"vision": "modified-resnet", "vision_width": 48, "pretrain_steps": 1400},
     ),
 }
-LADDER = ["clip-vit-xs", "clip-rn-xs", "tiny-clip", "clip-rn-m", "clip-rn-l"]  # by image-tower size
 
 
 def _params_class(name: str, defaults: dict) -> type:

@@ -24,7 +24,6 @@ are refused with the reason: their zero-shot heads would need that tokenizer.
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import functools
 import logging
@@ -39,7 +38,7 @@ from torch import nn
 
 from bench.inputs import input_file
 from bench.knobs import Index
-from bench.registry import MODELS, Resolver, UnknownNameError
+from bench.registry import MODELS, Resolver, UnknownNameError, did_you_mean
 from bench.store import file_digest
 
 # open_clip's names whose tokenizer is the CLIP BPE that `bench.models.clip.tokenize` uses.
@@ -249,11 +248,6 @@ def _loader(arch: str, params_cls: type) -> type:
     return OpenClipModel
 
 
-def _close(word: str, pool) -> str:
-    close = difflib.get_close_matches(word, list(pool), n=1, cutoff=0.5)
-    return f" Did you mean {close[0]!r}?" if close else ""
-
-
 def resolve_open_clip(name: str):
     """The MODELS resolver for open_clip names: ARCH (any architecture) and ARCH:TAG."""
     if name.startswith("timm:"):
@@ -264,7 +258,7 @@ def resolve_open_clip(name: str):
         return None  # not of this form: the registry says "unknown model"
     if arch not in archs:
         raise UnknownNameError(
-            f"unknown open_clip architecture {arch!r} in {name!r}.{_close(arch, archs)} "
+            f"unknown open_clip architecture {arch!r} in {name!r}.{did_you_mean(arch, archs)} "
             "See bench list models --pretrained"
         )
     problem = tokenizer_problem(arch)
@@ -277,7 +271,7 @@ def resolve_open_clip(name: str):
     if tag not in tags:
         valid = ", ".join(tags) if tags else "none (use the bare name for a random init)"
         raise UnknownNameError(
-            f"open_clip architecture {arch!r} has no pretrained tag {tag!r}.{_close(tag, tags)} Tags: {valid}"
+            f"open_clip architecture {arch!r} has no pretrained tag {tag!r}.{did_you_mean(tag, tags)} Tags: {valid}"
         )
     return (_loader(arch, _tagged_params(arch, tag)), f"open_clip {arch} with the {tag!r} weights (local HF cache)",
             ("finetune",), {"kind": "clip", "family": "open_clip", "arch": arch, "tag": tag})  # fmt: skip

@@ -6,7 +6,6 @@ full CLIPs (image and text towers), `classifier` models map images to logits.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -143,7 +142,3 @@ def model_params(name: str, overrides: dict | None):
     from bench.config import from_dict
 
     return from_dict(MODELS.get(name).Params, overrides, f"model_params.{name}")
-
-
-def params_dict(params) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(params).items()}
