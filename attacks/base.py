@@ -74,6 +74,10 @@ class Attack(abc.ABC):
     Params: type[AttackParams] = AttackParams
     clean_label: bool = False
     has_trigger: bool = True
+    # An adaptive attack is built to evade a family of defenses, named here (`bench list
+    # attacks` shows it); `--attacks all` leaves adaptive attacks out, `--attacks adaptive`
+    # selects them.
+    adaptive: str | None = None
     # Where this attack departs from its reference, one sentence each; the engine
     # writes them into every record (record["deviations"]["attack"]).
     deviations: tuple[str, ...] = ()

@@ -13,7 +13,13 @@ def matches(name: str, pattern: str | None) -> bool:
 
 def registry_rows(registry, pattern: str | None) -> list[tuple[str, str, str]]:
     """(name, settings, description) of the registered entries whose name matches."""
-    return [(e.name, ",".join(e.settings) or "-", e.description) for e in registry if matches(e.name, pattern)]
+    return [(e.name, ",".join(e.settings) or "-", _adaptive(e.obj) + e.description) for e in registry if matches(e.name, pattern)]
+
+
+def _adaptive(obj) -> str:
+    """'ADAPTIVE, against <family>: ' for an attack built to evade a defense family."""
+    family = getattr(obj, "adaptive", None)
+    return f"ADAPTIVE, against {family}: " if family else ""
 
 
 def _with_params(entry, description: str) -> str:

@@ -73,8 +73,17 @@ class Resolver:
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str, entry_point_group: str | None = None, method: bool = False):
+    def __init__(
+        self,
+        kind: str,
+        entry_point_group: str | None = None,
+        method: bool = False,
+        groups: dict[str, Callable[[Any], bool]] | None = None,
+    ):
         self.kind = kind
+        # Named subsets a selection may use like a name (`--attacks adaptive`); their
+        # members are left out of `all`.
+        self._groups = dict(groups or {})
         self._entries: dict[str, Entry[T]] = {}
         self._group = entry_point_group
         self._plugins_loaded = entry_point_group is None
@@ -142,6 +151,8 @@ class Registry(Generic[T]):
         names = self.names()
         hint = did_you_mean(name, names + [c for r in self._resolvers for c in r.candidates()])
         more = "".join(f"; {r.hint}" for r in self._resolvers if r.hint)
+        if self._groups:
+            more += f"; or a group: all, {', '.join(self._groups)}"
         return f"unknown {self.kind} {name!r}.{hint} Valid: {', '.join(names)}{more}"
 
     # ------------------------------------------------------------ lazy names
@@ -166,12 +177,22 @@ class Registry(Generic[T]):
     def resolve(self, spec: str | Iterable[str]) -> list[str]:
         """'all' | 'a,b' | ['a', 'b'] -> validated list of names (order kept, no duplicates)."""
         items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
-        items = [s for s in items if s]
-        if items == ["all"]:
-            return self.names()
-        for item in items:
-            self.entry(item)
-        return list(dict.fromkeys(items))
+        out: list[str] = []
+        for item in (s for s in items if s):
+            if item == "all":
+                out += [n for n in self.names() if not any(self.in_group(n, g) for g in self._groups)]
+            elif item in self._groups and item not in self.names():
+                out += [n for n in self.names() if self.in_group(n, item)]
+            else:
+                self.entry(item)
+                out.append(item)
+        return list(dict.fromkeys(out))
+
+    def in_group(self, name: str, group: str) -> bool:
+        return bool(self._groups[group](self.entry(name).obj))
+
+    def group_names(self) -> list[str]:
+        return list(self._groups)
 
     def __contains__(self, name: object) -> bool:
         self._load_plugins()
@@ -187,7 +208,9 @@ class Registry(Generic[T]):
         return iter(self._entries[n] for n in sorted(self._entries))
 
 
-ATTACKS: Registry[Any] = Registry("attack", "bench.attacks", method=True)
+ATTACKS: Registry[Any] = Registry(
+    "attack", "bench.attacks", method=True, groups={"adaptive": lambda obj: getattr(obj, "adaptive", None) is not None}
+)
 DEFENSES: Registry[Any] = Registry("defense", "bench.defenses", method=True)
 DATASETS: Registry[Any] = Registry("dataset", "bench.datasets")
 MODELS: Registry[Any] = Registry("model", "bench.models")

@@ -13,7 +13,9 @@ def test_unknown_name_is_one_line_with_suggestion():
 
 
 def test_resolve_all_and_lists():
-    assert ATTACKS.resolve("all") == ATTACKS.names()
+    fixed = [n for n in ATTACKS.names() if not ATTACKS.get(n).adaptive]
+    assert ATTACKS.resolve("all") == fixed  # adaptive attacks are selected by name or as `adaptive`
+    assert DEFENSES.resolve("all") == DEFENSES.names()
     assert DEFENSES.resolve("tbar, finetune") == ["tbar", "finetune"]
     with pytest.raises(UnknownNameError):
         DEFENSES.resolve("tbar,fintune")
