@@ -26,6 +26,7 @@ from bench.spec import ArtifactSpec, TrialSpec, build_params
 from bench.splits import defender_split, subseed
 from bench.store import Store
 from bench.train import TrainSpec, index_batches, train
+from bench.victim import Victim
 
 Vector = Mapping[str, torch.Tensor]
 
@@ -100,11 +101,10 @@ def efficiency_rows(records: Sequence[dict], min_backdoor_asr: float = tables.TO
 # ---------------------------------------------------------------- alpha curves
 
 
-def _evaluate(model, setting, spec: ArtifactSpec, ds, attack, split) -> dict:
+def _evaluate(net, victim: Victim, attack, split) -> dict:
     from bench.trial import evaluate
 
-    clf = setting.classifier(model, spec.model, spec.model_params_json, ds)
-    return evaluate(clf, attack, ds, split)
+    return evaluate(victim.classifier(net), attack, victim.dataset, split)
 
 
 def run_alpha(store: Store, record: dict, alphas: Sequence[float]) -> dict:
@@ -124,30 +124,31 @@ def run_alpha(store: Store, record: dict, alphas: Sequence[float]) -> dict:
         )
     tau = load_file(vec_path)
     spec = TrialSpec.from_record_config(record["config"]).artifact
-    model, setting, ds, attack = load_artifact(spec, store)
+    model, victim, attack = load_artifact(spec, store)
+    ds = victim.dataset
     device = next(model.parameters()).device
     tau = {k: v.to(device) for k, v in tau.items()}
     params = dict(model.named_parameters())
     theta_bd = {k: params[k].detach().clone() for k in tau}
     # the model before the attack (same architecture and parameter names as the victim)
-    pre = setting.victim(spec.model, spec.model_params_json, ds, subseed(spec.seed, "init"))
+    pre = victim.build(subseed(spec.seed, "init"))
     pre_params = dict(pre.named_parameters())
     theta_pre = {k: pre_params[k].detach().clone() for k in tau}
     t = attack.params.target
     x_test = ds.test.x
 
     def bias_of(m) -> float:
-        clf = setting.classifier(m, spec.model, spec.model_params_json, ds)
+        clf = victim.classifier(m)
         return target_bias(metrics.predict(clf, x_test), ds.test.labels, t)
 
     rows = []
     for a in alphas:
         taskvec.load_params(model, taskvec.apply(theta_bd, tau, -a))
-        val = _evaluate(model, setting, spec, ds, attack, ds.val)
-        test = _evaluate(model, setting, spec, ds, attack, ds.test)
-        control = setting.control_accuracy(model, spec.model, spec.model_params_json, list(spec.control_datasets))
+        val = _evaluate(model, victim, attack, ds.val)
+        test = _evaluate(model, victim, attack, ds.test)
+        control = victim.control_accuracy(model)
         taskvec.load_params(pre, taskvec.apply(theta_pre, tau, a))
-        pre_test = _evaluate(pre, setting, spec, ds, attack, ds.test)
+        pre_test = _evaluate(pre, victim, attack, ds.test)
         rows.append(
             {
                 "alpha": round(float(a), 6),
@@ -216,8 +217,7 @@ def run_disentanglement(
     from bench.trial import make_attack
 
     ds = load_dataset(dataset)
-    setting = FinetuneSetting()
-    pre = setting.victim(model_name, model_params, ds, subseed(seed, "init"))
+    pre = Victim(FinetuneSetting(), model_name, model_params, ds).build(subseed(seed, "init"))
     pool_idx, _ = defender_split(len(ds.train), defender_fraction, seed)
     pool = ds.train.subset(pool_idx)
     progress("fine-tuning theta_pre on clean data (tau_c)")

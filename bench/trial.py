@@ -34,6 +34,7 @@ from bench.store import (
     storage_write_error,
 )
 from bench.train import TrainSpec, train
+from bench.victim import Victim
 from defenses.base import DefenseContext, KnownAttack
 
 Progress = Callable[[str], None]
@@ -125,19 +126,18 @@ def run_attack(spec: ArtifactSpec, store: Store, progress: Progress = lambda m: 
 
 def _attack(spec: ArtifactSpec, folder: Path, progress: Progress) -> dict:
     start = time.perf_counter()
-    ds = load_dataset(spec.dataset)
-    setting = SETTINGS.get(spec.setting)()
+    victim = Victim.of(spec)
+    ds, setting = victim.dataset, victim.setting
     attack = build_attack(spec, tuple(ds.train.images.shape[1:]))
-    model, model_params = spec.model, spec.model_params_json
 
     progress("preparing victim")
-    victim = setting.victim(model, model_params, ds, subseed(spec.seed, "init"), progress)
+    net = victim.build(subseed(spec.seed, "init"), progress)
     prep_s = time.perf_counter() - start
     fit_info = None
     if attack.needs_fitting:
         progress(f"optimising the {spec.attack} trigger")
         _, attacker_idx = defender_split(len(ds.train), spec.defender_fraction, spec.seed)
-        fit_info = setting.fit_attack(attack, victim, model, model_params, ds, ds.train.subset(attacker_idx))
+        fit_info = victim.fit_attack(attack, net, ds.train.subset(attacker_idx))
     data = setting.attack_training_set(ds, attack, spec)
     training = spec.setting_params
     schedule: TrainSpec = training.spec(len(data), freeze_norm_stats=not setting.attack_updates_norm_stats)
@@ -149,10 +149,10 @@ def _attack(spec: ArtifactSpec, folder: Path, progress: Progress) -> dict:
             progress(f"attack training {step}/{schedule.steps} loss {loss:.3f}")
 
     batches = data.batches(schedule.batch_size, gen, training.augment, training.crop_padding)
-    stats = train(victim, setting.loss, batches, schedule, on_step=on_step)
+    stats = train(net, setting.loss, batches, schedule, on_step=on_step)
     progress("evaluating backdoored model")
-    test = evaluate(setting.classifier(victim, model, model_params, ds), attack, ds)
-    control = setting.control_accuracy(victim, model, model_params, list(spec.control_datasets))
+    test = evaluate(victim.classifier(net), attack, ds)
+    control = victim.control_accuracy(net)
     files = attack.save_trigger(folder) + save_example(attack, ds, folder)
     meta = {
         "artifact_id": spec.id,
@@ -170,10 +170,10 @@ def _attack(spec: ArtifactSpec, folder: Path, progress: Progress) -> dict:
         "trigger_files": files,
         "wall_s": round(time.perf_counter() - start - prep_s, 2),  # excludes one-time pre-training
         "victim_prep_s": round(prep_s, 2),
-        "arch": type(victim).__name__,
+        "arch": type(net).__name__,
         "threads": torch.get_num_threads(),
     }
-    save_weights(victim, folder / "model", meta)  # the sidecar goes last: it marks completion
+    save_weights(net, folder / "model", meta)  # the sidecar goes last: it marks completion
     return meta
 
 
@@ -258,24 +258,24 @@ def run_defense_counted(
         return record, True
 
 
-def load_artifact(spec: ArtifactSpec, store: Store):
-    """(backdoored model, setting, dataset, attack) of a built artifact, exactly as
-    stage 2 sees them."""
-    ds = load_dataset(spec.dataset)
-    setting = SETTINGS.get(spec.setting)()
-    attack = build_attack(spec, tuple(ds.train.images.shape[1:]))
+def load_artifact(spec: ArtifactSpec, store: Store) -> tuple[torch.nn.Module, Victim, Attack]:
+    """(backdoored network, its victim, the attack) of a built artifact, exactly as stage 2
+    sees them."""
+    victim = Victim.of(spec)
+    attack = build_attack(spec, tuple(victim.dataset.train.images.shape[1:]))
     folder = store.fetch_artifact(spec.id)  # checked against its sidecar's SHA-256
     if attack.needs_fitting:  # an optimised trigger is reloaded exactly, never re-fitted
         attack.restore(load_file(folder / "trigger.safetensors"))
-    model = setting.victim(spec.model, spec.model_params_json, ds, subseed(spec.seed, "init"))
-    load_weights(model, folder / "model")
-    return model.eval(), setting, ds, attack
+    net = victim.build(subseed(spec.seed, "init"))
+    load_weights(net, folder / "model")
+    return net.eval(), victim, attack
 
 
 def _defend(trial: TrialSpec, store: Store, progress: Progress) -> dict:
     spec = trial.artifact
     meta = run_attack(spec, store, progress)  # normally already there: stage 1 ran first
-    model, setting, ds, attack = load_artifact(spec, store)
+    model, victim, attack = load_artifact(spec, store)
+    setting, ds = victim.setting, victim.dataset
 
     defense_cls = DEFENSES.get(trial.defense)
     if spec.setting not in DEFENSES.entry(trial.defense).settings:
@@ -297,13 +297,11 @@ def _defend(trial: TrialSpec, store: Store, progress: Progress) -> dict:
         train_size=len(ds.train),
         known=known,
         progress=progress,
-        classify=lambda m: setting.classifier(m, spec.model, spec.model_params_json, ds),
+        classify=victim.classifier,
         out_dir=store.trial_dir(trial.id),
-        model_name=spec.model,
-        model_params=spec.model_params_json,
+        victim=victim,
     )
-    classify = ctx.classify
-    ev = _evaluator(model, setting, spec, ds, attack, classify)
+    ev = _evaluator(model, victim, attack)
     progress("evaluating the backdoored model on validation")
     bd_val = ev.val()
     restore_backdoored = curves.snapshot(model)
@@ -384,24 +382,24 @@ CURVE_REFINE_STEPS = 4  # bisections per retention level on continuous knobs
 CONTROL_VAL = 300  # control accuracy along a curve: the first 300 validation images per control set
 
 
-def _evaluator(model, setting, spec: ArtifactSpec, ds: LabeledDataset, attack: Attack, classify) -> curves.Evaluator:
+def _evaluator(model, victim: Victim, attack: Attack) -> curves.Evaluator:
     """Validation and test metrics of `model` in whatever state it is in when called."""
-    name, params, controls = spec.model, spec.model_params_json, list(spec.control_datasets)
+    ds = victim.dataset
     x_val = ds.val.x
     x_val_trig = attack.apply(x_val) if attack.has_trigger else None
     t_val = attack.targets(ds.val.labels, ds.num_classes) if attack.has_trigger else None
 
     def val() -> dict:
-        clf = classify(model)
+        clf = victim.classifier(model)
         out = {"ca": metrics.accuracy(metrics.predict(clf, x_val), ds.val.labels), "asr": None}
         if x_val_trig is not None:
             out["asr"] = metrics.attack_success_rate(metrics.predict(clf, x_val_trig), ds.val.labels, t_val)
-        out["control"] = setting.control_accuracy(model, name, params, controls, split="val", limit=CONTROL_VAL)
+        out["control"] = victim.control_accuracy(model, split="val", limit=CONTROL_VAL)
         return out
 
     def test() -> dict:
-        out = evaluate(classify(model), attack, ds)
-        out["control"] = setting.control_accuracy(model, name, params, controls)
+        out = evaluate(victim.classifier(model), attack, ds)
+        out["control"] = victim.control_accuracy(model)
         return out
 
     return curves.Evaluator(val, test)

@@ -21,6 +21,7 @@ from torch import nn
 from bench.data.base import LabeledDataset, Split
 from bench.settings import Setting
 from bench.tradeoff import KnobSpec
+from bench.victim import Victim
 
 
 @dataclass(frozen=True)
@@ -101,10 +102,9 @@ class DefenseContext:
     # is a whole CLIP, whose zero-shot head comes from its own text tower).
     classify: Callable[[nn.Module], nn.Module] = lambda model: model
     out_dir: Path | None = None  # where a defense may save pictures (inverted masks)
-    # The victim model's registry name and parameters (never the attack's), for
-    # defenses that need the pre-trained model the victim started from.
-    model_name: str = ""
-    model_params: dict | None = None
+    # The victim (model, setting, dataset; never the attack), for defenses that need the
+    # pre-trained model the victim started from (`victim.pretrained()`).
+    victim: Victim | None = None
 
     def generator(self, offset: int = 0) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed * 1000 + 17 + offset)

@@ -47,7 +47,6 @@ from bench import runtime
 from bench.knobs import Count, Fraction, Index, NonNegative, Positive, Share
 from bench.models.clip import clip_inputs, tokenize
 from bench.registry import DEFENSES
-from bench.settings import pretrained_clip
 from bench.train import TrainSpec, clip_contrastive_loss, index_batches, train
 from defenses.base import Checkpoints, DataMeter, Defense, DefenseContext, DefenseOutput, budgeted_pool
 from defenses.eda import eda
@@ -201,7 +200,7 @@ def clip_for_finetuning(ctx: DefenseContext) -> nn.Module:
     victim = ctx.model
     if ctx.setting.name == "contrastive":
         return victim
-    clip = copy.deepcopy(pretrained_clip(ctx.model_name, ctx.model_params))
+    clip = copy.deepcopy(ctx.victim.pretrained())
     clip = clip.to(runtime.model_device(victim))  # the text tower joins the victim's device
     clip.visual = victim.visual
     for q in clip.parameters():
