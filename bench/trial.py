@@ -20,11 +20,11 @@ from safetensors.torch import load_file
 from attacks.base import Attack
 from bench import curves, inputs, metrics, runtime, tradeoff
 from bench.data.base import LabeledDataset, Split, load_dataset
+from bench.record import Record
 from bench.registry import ATTACKS, DEFENSES, SETTINGS
 from bench.spec import ArtifactSpec, TrialSpec
 from bench.splits import defender_split, subseed
 from bench.store import (
-    SCHEMA,
     STORAGE_ERRNOS,
     Store,
     StoreWriteError,
@@ -204,21 +204,21 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def base_record(trial: TrialSpec, worker: dict | None = None) -> dict:
-    return {
-        "schema": SCHEMA,
-        "trial_id": trial.id,
-        "artifact_id": trial.artifact.id,
-        "config": trial.record_config(),
-        "versions": dict(_versions()),
-        "host": socket.gethostname(),
-        "worker": {**(worker or {"executor": "serial"}), **runtime.describe(), "threads": torch.get_num_threads()},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+def new_record(trial: TrialSpec, worker: dict | None = None) -> Record:
+    """Who runs what, before the outcome is known."""
+    return Record(
+        trial_id=trial.id,
+        artifact_id=trial.artifact.id,
+        config=trial.record_config(),
+        versions=dict(_versions()),
+        host=socket.gethostname(),
+        worker={**(worker or {"executor": "serial"}), **runtime.describe(), "threads": torch.get_num_threads()},
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
 
 
 def failed_record(trial: TrialSpec, error: str, tb: str = "", worker: dict | None = None) -> dict:
-    return {**base_record(trial, worker), "status": "failed", "error": error, "traceback": tb}
+    return new_record(trial, worker).failed(error, tb).to_json()
 
 
 def run_defense(trial: TrialSpec, store: Store, progress: Progress = lambda m: None, worker: dict | None = None) -> dict:
@@ -239,23 +239,21 @@ def run_defense_counted(
         existing = store.read_record(tid)
         if existing is not None and existing["status"] == "ok":
             return existing, False
-        record = base_record(trial, worker)
+        record = new_record(trial, worker)
         try:
             runtime.reset_peak_memory()
             with runtime.precision(trial.artifact.precision):
-                record.update(_defend(trial, store, progress))
-            record["status"] = "ok"
+                record = record.succeeded(_defend(trial, store, progress))
         except StoreWriteError:
             raise
         except Exception as e:  # a failed trial is a record, not a crashed grid
             if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:  # the disk, not the method
                 raise storage_write_error(e, store.trial_dir(tid)) from None
-            record["status"] = "failed"
-            record["error"] = f"{type(e).__name__}: {e}"
-            record["traceback"] = traceback.format_exc(limit=20)
+            record = record.failed(f"{type(e).__name__}: {e}", traceback.format_exc(limit=20))
         store.publish_trial_dir(tid)
-        store.write_record(record)
-        return record, True
+        written = record.to_json()
+        store.write_record(written)
+        return written, True
 
 
 def load_artifact(spec: ArtifactSpec, store: Store) -> tuple[torch.nn.Module, Victim, Attack]:
