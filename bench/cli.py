@@ -79,7 +79,7 @@ def _list_plugins() -> int:
     plugins = plugin_status()
     if not plugins:
         out.print("no plugins installed (entry points in groups bench.attacks, bench.defenses, bench.datasets, "
-                  "bench.models; see docs/plugins.md)")  # fmt: skip
+                  "bench.models, bench.settings; see docs/plugins.md)")  # fmt: skip
         return 0
     table = Table("plugin", "package", "entry point", "status", "registered")
     for p in plugins:
@@ -129,10 +129,10 @@ def preflight(plan) -> list[str]:
 def cmd_run(args: argparse.Namespace) -> int:
     from bench import leaderboard
     from bench.grid import Selection, plan_grid, run_serial
-    from bench.store import Store
+    from bench.remote import open_store
 
     suite = load_suite(args.suite)
-    store = Store(args.results)  # a bad --results is an error before anything else (nothing is created)
+    store = open_store(args.results)  # a bad --results is an error before anything else (nothing is created)
     models = args.models
     if getattr(args, "pretrained", None):
         from bench.cli_args import with_pretrained
@@ -161,7 +161,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     problems = preflight(plan)
     if getattr(args, "dry_run", False):
-        return _dry_run(plan, Store(args.results), suite.name, problems)
+        return _dry_run(plan, open_store(args.results), suite.name, problems)
     if problems:
         console.print(f"bench: error: {len(problems)} required file(s) missing; nothing was run:", highlight=False)
         for p in problems:
@@ -261,14 +261,14 @@ def _dry_run(plan, store, suite: str, problems: list[str]) -> int:
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from bench import leaderboard
-    from bench.store import Store
+    from bench.remote import open_store
 
     if args.check:
         return _check_leaderboard(args)
     from bench.cli_args import require_results
 
     require_results(args.results)
-    store = Store(args.results)
+    store = open_store(args.results)
     suite = load_suite(args.suite)  # by name or file: records carry the suite's name
     records = leaderboard.select_records(store.records(), suite.name)
     if not records:
@@ -341,7 +341,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from bench import analysis, leaderboard, plots
     from bench.cli_args import storage_path
     from bench.registry import ATTACKS, DATASETS, DEFENSES, MODELS, SETTINGS
-    from bench.store import Store, atomic_write_bytes
+    from bench.remote import open_store
+    from bench.store import atomic_write_bytes
 
     suite = load_suite(args.suite)
     if args.attacks is None and args.what != "scale":
@@ -359,7 +360,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         if MODELS.entry(model).extra.get("kind") != "clip":
             raise ConfigError(f"--model {model!r}: disentanglement needs a clip model (bench list models)")
         DATASETS.entry(dataset)
-    store = Store(args.results)
+    store = open_store(args.results)
     out = Path(args.out) if args.out else (storage_path(args.results) or Path(".")) / "reports" / "tbar-analysis"
     start = time.perf_counter()
     _threads()
@@ -509,10 +510,10 @@ def _analyze_budget(args, store, suite, out: Path, start: float) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from bench import leaderboard, report
     from bench.cli_args import storage_path
-    from bench.store import Store
+    from bench.remote import open_store
 
     suite = load_suite(args.suite).name
-    store = Store(args.results)
+    store = open_store(args.results)
     if not report.tbar_cells(leaderboard.select_records(store.records(), suite)):
         console.print(f"bench: error: no tbar cells for suite {suite!r} under {store.root} (an ok tbar record whose "
                       "attack took: backdoored ASR >= 50%); run the grid first; nothing written",

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.config import ConfigError
+from bench.fs import atomic_write_bytes, cache_dir
 
 PATTERN_MAX_BYTES = 64 << 20  # an image pattern larger than this is a mistake, not a pattern
 
@@ -50,7 +51,6 @@ def file_fields(params_cls: type | None) -> dict[str, int | None]:
 
 
 def _cache_path() -> Path:
-    from bench.data.base import cache_dir
 
     return cache_dir() / "digests.json"
 
@@ -68,7 +68,6 @@ def _load_cache() -> dict[str, str]:
 
 
 def _save_cache(key: str, digest: str) -> None:
-    from bench.store import atomic_write_bytes
 
     with _CACHE_LOCK:
         data = _load_cache()

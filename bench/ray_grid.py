@@ -34,6 +34,7 @@ from bench.grid import (
     prepare_victims,
     prepare_work,
 )
+from bench.remote import open_store
 from bench.spec import ArtifactSpec, TrialSpec
 from bench.store import Store, StoreWriteError
 from bench.trial import failed_record
@@ -83,7 +84,7 @@ def _unit_trainable(config: dict) -> dict:
     runtime.configure(config["env"].get("BENCH_DEVICE", "auto"), compile=config["env"].get("BENCH_COMPILE") == "1")
 
     load_plugins()
-    store = Store(config["root"])
+    store = open_store(config["root"])
     unit = config["unit"]
     ctx = ray.get_runtime_context()
     worker = {

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -123,11 +124,21 @@ class Registry(Generic[T]):
         self._entries[name] = Entry(name, obj, description.strip(), settings, dict(extra))
 
     def _load_plugins(self) -> None:
+        """The built-ins first, then every installed plugin, both through the entry-point
+        group: the project's own distribution declares its built-ins there as a plugin
+        would (pyproject.toml), so nothing here imports a method or a model module."""
         if self._plugins_loaded:
             return
         self._plugins_loaded = True
-        for ep in entry_points(group=self._group):
-            _load_entry_point(ep, self._group or "")
+        group = self._group or ""
+        eps = list(entry_points(group=group))
+        own = sorted((ep for ep in eps if _distribution(ep) == OWN_DISTRIBUTION), key=lambda ep: ep.name)
+        modules = [ep.value for ep in own] or BUILTIN_FALLBACK.get(group, [])
+        for module in modules:
+            importlib.import_module(module)  # a built-in that fails to import is a bug: it raises
+        for ep in eps:
+            if _distribution(ep) != OWN_DISTRIBUTION:
+                _load_entry_point(ep, group)
 
     def names(self) -> list[str]:
         self._load_plugins()
@@ -214,8 +225,24 @@ ATTACKS: Registry[Any] = Registry(
 DEFENSES: Registry[Any] = Registry("defense", "bench.defenses", method=True)
 DATASETS: Registry[Any] = Registry("dataset", "bench.datasets")
 MODELS: Registry[Any] = Registry("model", "bench.models")
-SETTINGS: Registry[Any] = Registry("setting")
+SETTINGS: Registry[Any] = Registry("setting", "bench.settings")
 REGISTRIES = (ATTACKS, DEFENSES, DATASETS, MODELS, SETTINGS)
+
+
+# The built-ins are entry points of this distribution (pyproject.toml). From a checkout that
+# was never installed there is no metadata: the same modules, named here by the same strings.
+OWN_DISTRIBUTION = "bench-harness"
+BUILTIN_FALLBACK = {
+    "bench.attacks": ["attacks"],
+    "bench.defenses": ["defenses"],
+    "bench.datasets": ["bench.data.builtin", "bench.data.real"],
+    "bench.models": ["bench.models.classifiers", "bench.models.ladder", "bench.models.published", "bench.models.zoo"],
+    "bench.settings": ["bench.settings"],
+}
+
+
+def _distribution(ep) -> str | None:
+    return getattr(getattr(ep, "dist", None), "name", None)
 
 
 def _load_entry_point(ep, group: str) -> None:
@@ -245,16 +272,6 @@ def _load_entry_point(ep, group: str) -> None:
 
 def load_plugins() -> None:
     """Register the built-in methods, data and models, then every installed plugin."""
-    import attacks  # noqa: F401
-    import bench.data.builtin
-    import bench.data.real
-    import bench.models.classifiers
-    import bench.models.ladder
-    import bench.models.published
-    import bench.models.zoo
-    import bench.settings  # noqa: F401
-    import defenses  # noqa: F401
-
     for reg in REGISTRIES:
         reg._load_plugins()
 

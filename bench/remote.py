@@ -21,7 +21,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.fs import ObjectStore, StorageError, parse_root
+from bench.fs import ObjectStore, StorageError, cache_dir, parse_root
 from bench.store import (
     SCHEMA,
     CorruptCheckpointError,
@@ -40,7 +40,6 @@ class S3Store(Store):
 
     def __init__(self, root: str | Path):
         from bench.claims import S3Claims, s3_client
-        from bench.data.base import cache_dir
 
         self.spec = parse_root(root)
         self.obj = ObjectStore(self.spec)
@@ -246,3 +245,9 @@ class S3Store(Store):
 
     def claim(self, key: str) -> contextlib.AbstractContextManager:
         return self.claims.claim(key)
+
+
+def open_store(root: str | Path) -> Store:
+    """The store of a results root: a local folder (a path or a `file://` URI), or an
+    object-store root (`s3://bucket/prefix`) mirrored through a local folder."""
+    return S3Store(root) if parse_root(root).kind == "s3" else Store(root)

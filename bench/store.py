@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -24,7 +23,6 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +31,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from bench.fs import StorageError as StorageError  # re-exported: the CLI reports it
+from bench.fs import atomic_write_bytes as atomic_write_bytes  # re-exported: the pages write with it
+from bench.fs import file_lock as file_lock  # re-exported
 from bench.fs import parse_root
 
 log = logging.getLogger(__name__)
@@ -47,24 +47,6 @@ def canonical_json(obj: Any) -> str:
 def config_hash(obj: Any, n: int = 16) -> str:
     """Stable content hash of a JSON-able config (key order does not matter)."""
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()[:n]
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over `path`:
-    readers see the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _finite(obj: Any) -> Any:
@@ -251,21 +233,17 @@ class Store:
     The root is a local folder, or a folder every node mounts (NFS and the like) when
     trials run on a cluster; `file://` URIs (RFC 8089) name the same thing. Claims are
     POSIX advisory locks (flock): the kernel drops them when a process dies, so a
-    killed run never leaves a stale claim behind. `Store("s3://bucket/prefix")` gives an
-    object-store root instead (`bench.remote.S3Store`), with the same interface.
+    killed run never leaves a stale claim behind. `bench.remote.open_store("s3://bucket/prefix")`
+    gives an object-store root instead (`bench.remote.S3Store`), with the same interface.
     """
 
     remote = False
 
-    def __new__(cls, root: str | Path):
-        if cls is Store and parse_root(root).kind == "s3":
-            from bench.remote import S3Store
-
-            return super().__new__(S3Store)
-        return super().__new__(cls)
-
     def __init__(self, root: str | Path):
-        self.root = parse_root(root).path
+        spec = parse_root(root)
+        if spec.kind == "s3" and not self.remote:
+            raise StorageError(f"{spec.uri} is an object-store root: open it with bench.remote.open_store")
+        self.root = spec.path
 
     @property
     def uri(self) -> str:
@@ -391,18 +369,3 @@ class Store:
         """Hold the exclusive claim on `key` (an artifact or trial id) across processes
         and nodes sharing this root; blocks while another process holds it."""
         return file_lock(self.root / "locks" / f"{key}.lock")
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive POSIX advisory lock on `path` (created if missing), released when
-    the block ends or the process dies. Blocks while another process holds it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)

@@ -7,24 +7,15 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from bench.fs import cache_dir as cache_dir  # re-exported: the data modules cache with it
+from bench.fs import file_lock
 from bench.registry import DATASETS
 
 SPLITS = ("train", "val", "test")
-
-
-def cache_dir() -> Path:
-    """Where built datasets and pre-trained models are cached ($BENCH_CACHE overrides)."""
-    root = os.environ.get("BENCH_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "bench"
-    )
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 @dataclass
@@ -73,7 +64,6 @@ class LabeledDataset:
 
 def cached_arrays(key: dict, build: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Build arrays once per content key and keep them as an .npz in the cache."""
-    from bench.store import file_lock
 
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir() / "data" / f"{key.get('name', 'data')}-{digest}.npz"
