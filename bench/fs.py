@@ -15,15 +15,14 @@ live in `bench.claims` (boto3).
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import socket
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
+
+from filelock import FileLock
 
 
 class StorageError(ValueError):
@@ -211,16 +210,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive POSIX advisory lock on `path` (created if missing), released when
-    the block ends or the process dies. Blocks while another process holds it."""
+def file_lock(path: Path) -> FileLock:
+    """An exclusive advisory lock on `path` (created if missing, with its folder), held
+    while the `with` block runs and released when it ends or the process dies (filelock's
+    flock backend). Blocks while another process holds it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+    return FileLock(path)
