@@ -42,6 +42,11 @@ class Entry(Generic[T]):
     settings: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def builtin(self) -> bool:
+        """Defined in this project's own packages, not in a plugin."""
+        return getattr(self.obj, "__module__", "").split(".")[0] in OWN_PACKAGES
+
 
 @dataclass
 class PluginStatus:
@@ -162,8 +167,7 @@ class Registry(Generic[T]):
         names = self.names()
         hint = did_you_mean(name, names + [c for r in self._resolvers for c in r.candidates()])
         more = "".join(f"; {r.hint}" for r in self._resolvers if r.hint)
-        if self._groups:
-            more += f"; or a group: all, {', '.join(self._groups)}"
+        more += f"; or a group: {', '.join(['all', 'builtin', *self._groups])}"
         return f"unknown {self.kind} {name!r}.{hint} Valid: {', '.join(names)}{more}"
 
     # ------------------------------------------------------------ lazy names
@@ -186,12 +190,21 @@ class Registry(Generic[T]):
         return None
 
     def resolve(self, spec: str | Iterable[str]) -> list[str]:
-        """'all' | 'a,b' | ['a', 'b'] -> validated list of names (order kept, no duplicates)."""
+        """'all' | 'a,b' | ['a', 'b'] -> validated list of names (order kept, no duplicates).
+
+        `all` is every entry outside the named groups, plugins included; `builtin` is the
+        same restricted to this project's own entries, so a grid named by it (the ci
+        suite's) never changes when a plugin is installed."""
         items = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else list(spec)
         out: list[str] = []
         for item in (s for s in items if s):
-            if item == "all":
-                out += [n for n in self.names() if not any(self.in_group(n, g) for g in self._groups)]
+            if item in ("all", "builtin") and item not in self._entries:
+                out += [
+                    n
+                    for n in self.names()
+                    if not any(self.in_group(n, g) for g in self._groups)
+                    and (item == "all" or self._entries[n].builtin)
+                ]
             elif item in self._groups and item not in self.names():
                 out += [n for n in self.names() if self.in_group(n, item)]
             else:
@@ -232,6 +245,7 @@ REGISTRIES = (ATTACKS, DEFENSES, DATASETS, MODELS, SETTINGS)
 # The built-ins are entry points of this distribution (pyproject.toml). From a checkout that
 # was never installed there is no metadata: the same modules, named here by the same strings.
 OWN_DISTRIBUTION = "bench-harness"
+OWN_PACKAGES = ("attacks", "defenses", "bench")
 BUILTIN_FALLBACK = {
     "bench.attacks": ["attacks"],
     "bench.defenses": ["defenses"],

@@ -267,7 +267,22 @@ def test_the_ci_page_runs_exactly_the_builtin_methods():
     assert sorted(set(rows["attack"])) == builtin["attack"] and sorted(set(rows["defense"])) == builtin["defense"]
     suite = load_suite("ci")
     assert "all" not in suite.attacks and "all" not in suite.defenses
-    assert set(suite.attacks) <= set(builtin["attack"]) and set(suite.defenses) <= set(builtin["defense"])
+    assert sorted(ATTACKS.resolve(suite.attacks)) == builtin["attack"]
+    assert set(DEFENSES.resolve(suite.defenses)) <= set(builtin["defense"])
+
+
+def test_builtin_selects_the_projects_own_methods_and_no_plugin(monkeypatch):
+    """`builtin` is `all` without plugins: a method registered from outside the project's
+    packages joins `all` and never `builtin`."""
+    from bench.registry import ATTACKS, Entry, load_plugins
+
+    load_plugins()
+    before_all, before_builtin = ATTACKS.resolve("all"), ATTACKS.resolve("builtin")
+    assert before_all == before_builtin and "adap-blend" not in before_builtin
+    plugin = type("PluginAttack", (), {"__module__": "someones_plugin.attacks"})
+    monkeypatch.setitem(ATTACKS._entries, "zz-plugin", Entry("zz-plugin", plugin, "a plugin's attack", ("finetune",)))
+    assert ATTACKS.resolve("all") == before_all + ["zz-plugin"]
+    assert ATTACKS.resolve("builtin") == before_builtin
 
 
 # ---------------------------------------------------------------- 4. damaged weights, executors
