@@ -1,3 +1,3 @@
 """Built-in attacks. Importing this package registers every one of them."""
 
-from attacks import adaptive, badclip, badnets, blended, none, sig, wanet  # noqa: F401  (imported for registration)
+from attacks import adaptive, badclip, badnets, blended, none, sig, tbar_aware, wanet  # noqa: F401  (imported for registration)

@@ -114,6 +114,11 @@ class AdapBlend(Attack):
         "(pattern_file takes an image)",
     )
 
+    @classmethod
+    def plain_counterpart(cls, params: AdapBlendParams) -> str | None:
+        # blended's default pattern is the same seeded noise; an image file is not blended's
+        return None if params.pattern_file else "blended"
+
     def __init__(self, params: AdapBlendParams, image_shape: tuple[int, int, int], seed: int):
         super().__init__(params, image_shape, seed)
         _, h, w = image_shape

@@ -134,6 +134,10 @@ class Board:
     summary: pd.DataFrame
     pairs: pd.DataFrame
     provenance: dict = field(default_factory=dict)
+    # each adaptive attack against its plain counterpart (tables.adaptive_pairs): ASR@95 per
+    # defense, and the backdoored model's own numbers (defense none) for what the attacker paid
+    adaptive: pd.DataFrame = field(default_factory=pd.DataFrame)
+    attacker_cost: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     @property
     def defenses(self) -> list[str]:
@@ -153,7 +157,30 @@ def build(records: list[dict], suite: str, provenance: dict | None = None) -> Bo
     summ = tables.summary(ranked) if len(ranked) else pd.DataFrame()
     empty = pd.DataFrame(columns=["group", "a", "b", "pairs", "unit", "diff", "ci", "p", "p_holm", "significant"])
     pairs = tables.pairwise(ranked) if len(ranked) else empty
-    return Board(suite, records, frame, agg, summ, pairs, provenance or provenance_of(records, suite))
+    plain = plain_counterparts(records)
+    adaptive = tables.adaptive_pairs(ranked, plain) if len(ranked) and plain else pd.DataFrame()
+    cost = {}
+    if len(adaptive):
+        undefended = frame[frame["defense"] == "none"]
+        cost = {m: tables.adaptive_pairs(undefended, plain, m) for m in ("ca", "asr", "control")}
+    return Board(suite, records, frame, agg, summ, pairs, provenance or provenance_of(records, suite), adaptive, cost)
+
+
+def plain_counterparts(records: list[dict]) -> dict[str, str]:
+    """adaptive attack -> its plain version (`Attack.plain_counterpart`), for the attacks of
+    `records` whose plain version ran too."""
+    from bench.registry import ATTACKS
+    from bench.spec import build_params
+
+    configs = {r["config"]["attack"]: r["config"].get("attack_params") for r in records if r.get("status") == "ok"}
+    out = {}
+    for name, params in configs.items():
+        if name not in ATTACKS or not getattr(ATTACKS.get(name), "adaptive", None):
+            continue
+        plain = ATTACKS.get(name).plain_counterpart(build_params(ATTACKS, name, params, "attack_params"))
+        if plain in configs:
+            out[name] = plain
+    return out
 
 
 def provenance_of(records: list[dict], suite: str) -> dict:
@@ -426,6 +453,39 @@ def significance(board: Board, group: int = 0) -> list[str]:
     return out
 
 
+def adaptive_rows(board: Board) -> list[dict]:
+    """One table per (cell, adaptive attack): per defense, ASR@95 at the blind point under
+    the plain and the adaptive attack and their paired difference (tables.adaptive_pairs)."""
+    a = board.adaptive
+    if a is None or not len(a):
+        return []
+    out = []
+    for (model, dataset, setting, adaptive, plain), grp in a.groupby(["model", "dataset", "setting", "adaptive", "plain"]):
+        order = sorted(grp.itertuples(), key=lambda r: (r.defense != "none", r.defense))
+        rows = [[r.defense, f"{r.pairs}/{r.seeds}", pct(r.plain_mean), pct(r.adaptive_mean),
+                 pct(r.diff, r.ci, bounded=False), _num(r.p_holm, ".3g"),
+                 "yes" if r.significant else "no"] for r in order]  # fmt: skip
+        cost = []
+        for metric, label in (("ca", "CA"), ("asr", "ASR"), ("control", "control (zero-shot)")):
+            c = board.attacker_cost.get(metric)
+            c = c[(c["adaptive"] == adaptive) & (c["model"] == model) & (c["setting"] == setting)] if c is not None else c
+            if c is not None and len(c):
+                r = next(c.itertuples())
+                cost.append([label, f"{r.pairs}/{r.seeds}", pct(r.plain_mean), pct(r.adaptive_mean),
+                             pct(r.diff, r.ci, bounded=False), _num(r.p, ".3g")])  # fmt: skip
+        clean = board.agg[(board.agg["attack"] == "none") & (board.agg["defense"] == "none")
+                          & (board.agg["model"] == model) & (board.agg["setting"] == setting)]  # fmt: skip
+        reference = pct(clean.iloc[0]["ca"], clean.iloc[0]["ca_ci"]) if len(clean) else "not run"
+        out.append({"cell": f"{model} / {dataset} / {setting}", "adaptive": adaptive, "plain": plain, "rows": rows,
+                    "cost": cost, "reference": reference})  # fmt: skip
+    return out
+
+
+ADAPTIVE_HEAD = ["defense", "seeds (both took/run)", "ASR@95 plain", "ASR@95 adaptive", "adaptive − plain",
+                 "Holm p", "beyond the noise"]  # fmt: skip
+COST_HEAD = ["backdoored model", "seeds", "plain", "adaptive", "adaptive − plain", "p"]
+
+
 def detector_rows(board: Board) -> list[dict]:
     a = board.agg
     d = a[a["defense"].isin(detectors(board.defenses)) & (a["attack"] != "none")]
@@ -470,6 +530,9 @@ def _context(board: Board) -> dict:
         "groups": [group_table(board, g) for g in board.groups],
         "long": [(g, long_rows(board, g)) for g in board.groups],
         "detectors": detector_rows(board),
+        "adaptive": adaptive_rows(board),
+        "adaptive_head": ADAPTIVE_HEAD,
+        "cost_head": COST_HEAD,
         "failed": [r for r in board.records if r.get("status") == "failed"],
         "definitions": DEFINITIONS,
     }

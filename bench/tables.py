@@ -251,3 +251,38 @@ def pairwise(df: pd.DataFrame, metric: str = "asr_r95") -> pd.DataFrame:
     out["p_holm"] = stats.holm(out["p"].tolist()) if len(out) else []
     out["significant"] = out["p_holm"] < 0.05
     return out
+
+
+def adaptive_pairs(df: pd.DataFrame, plain_of: dict[str, str], metric: str = "asr_r95") -> pd.DataFrame:
+    """Each adaptive attack against its plain counterpart (`plain_of`: adaptive -> plain,
+    the same trigger), defense by defense, on `metric`, paired over seeds within one
+    (model, dataset, setting): an adaptive and a plain artifact of one seed share the
+    poisoned rows, the defender's split and the defender's seed, so the seed is the
+    unit. Only seeds where both attacks took count (and where the victim learned the
+    task). `diff` is adaptive minus plain with its 95% t interval and paired p-value,
+    Holm-adjusted over the table's rows."""
+    cols = ["model", "dataset", "setting", "adaptive", "plain", "defense", "pairs", "seeds", "plain_mean",
+            "adaptive_mean", "diff", "ci", "p"]  # fmt: skip
+    out = []
+    took = took_rows(df)
+    for adaptive, plain in sorted(plain_of.items()):
+        a_rows, p_rows = took[took["attack"] == adaptive], took[took["attack"] == plain]
+        if not len(a_rows) or not len(p_rows):
+            continue
+        key = ["model", "dataset", "setting", "defense", "seed"]
+        both = a_rows.merge(p_rows, on=key, suffixes=("_a", "_p"))
+        ran = df[df["attack"].isin([adaptive, plain])]
+        for (model, dataset, setting, defense), grp in both.groupby(key[:4], sort=True):
+            seeds = ran[(ran["model"] == model) & (ran["dataset"] == dataset) & (ran["setting"] == setting)
+                        & (ran["defense"] == defense)]["seed"].nunique()  # fmt: skip
+            pairs = grp[[f"{metric}_a", f"{metric}_p"]].dropna()
+            r = stats.paired(pairs[f"{metric}_a"].tolist(), pairs[f"{metric}_p"].tolist())
+            out.append({"model": model, "dataset": dataset, "setting": setting, "adaptive": adaptive, "plain": plain,
+                        "defense": defense, "pairs": len(pairs), "seeds": int(seeds),
+                        "plain_mean": stats.mean_ci(pairs[f"{metric}_p"].tolist()).mean,
+                        "adaptive_mean": stats.mean_ci(pairs[f"{metric}_a"].tolist()).mean,
+                        "diff": r.diff.mean, "ci": r.diff.half, "p": r.p})  # fmt: skip
+    res = pd.DataFrame(out, columns=cols)
+    res["p_holm"] = stats.holm(res["p"].tolist()) if len(res) else []
+    res["significant"] = res["p_holm"] < 0.05
+    return res

@@ -227,3 +227,39 @@ def test_leaderboard_check_passes_on_a_rerun_and_fails_on_a_hand_edit(tmp_path):
     assert "check failed" in bad.stderr and "badnets/tbar/0 ca" in bad.stderr
     assert rows.read_text() == edited  # --check never rewrites the committed file
     rows.write_text(original)
+
+
+def test_an_adaptive_attack_is_paired_with_its_plain_version_seed_by_seed():
+    """tbar-aware (base blended) against blended: per defense, ASR@95 paired over the seeds
+    where both took, adaptive minus plain with a t interval; a seed where the adaptive attack
+    did not take drops out of the pair; the page shows the table and the attacker's cost."""
+    from bench import stats
+
+    params = {"base": "blended"}
+    plain = {("none", s): a for s, a in enumerate((0.90, 0.92, 0.94))}
+    plain |= {("tbar", s): a for s, a in enumerate((0.10, 0.20, 0.15))}
+    adaptive = {("none", s): a for s, a in enumerate((0.99, 0.98, 0.30))}  # seed 2 did not take
+    adaptive |= {("tbar", s): a for s, a in enumerate((0.80, 0.95, 0.05))}
+    recs = [_record("blended", d, s, 0.85, a, bd_asr=plain[("none", s)]) for (d, s), a in plain.items()]
+    recs += [_record("tbar-aware", d, s, 0.80, a, bd_asr=adaptive[("none", s)]) for (d, s), a in adaptive.items()]
+    for r in recs:
+        r["config"]["attack_params"] = params if r["config"]["attack"] == "tbar-aware" else {}
+    recs.append(_record("none", "none", 0, 0.87, None))
+    assert leaderboard.plain_counterparts(recs) == {"tbar-aware": "blended"}
+    board = leaderboard.build(recs, "t")
+    a = board.adaptive.set_index("defense")
+    assert list(a.index) == ["none", "tbar"] and set(a["pairs"]) == {2} and set(a["seeds"]) == {3}
+    want = stats.paired([0.80, 0.95], [0.10, 0.20])
+    assert a.loc["tbar", "diff"] == want.diff.mean and a.loc["tbar", "ci"] == want.diff.half
+    assert a.loc["tbar", "p"] == want.p
+    ca = board.attacker_cost["ca"].iloc[0]
+    assert abs(ca["diff"] - (0.80 - 0.85)) < 1e-12 and ca["pairs"] == 2
+    md = leaderboard.render_markdown(board)
+    assert "## Adaptive attack: tbar-aware against plain blended" in md
+    assert "| tbar | 2/3 | 15.0 | 87.5 | 72.5 ± " in md
+    assert "What the attacker paid" in md and "clean reference's CA is 87.0" in md
+
+
+def test_a_page_without_adaptive_attacks_has_no_adaptive_section():
+    board = leaderboard.build(RECORDS, "t")
+    assert not len(board.adaptive) and "Adaptive attack" not in leaderboard.render_markdown(board)

@@ -281,7 +281,7 @@ def test_builtin_selects_the_projects_own_methods_and_no_plugin(monkeypatch):
     assert before_all == before_builtin and "adap-blend" not in before_builtin
     plugin = type("PluginAttack", (), {"__module__": "someones_plugin.attacks"})
     monkeypatch.setitem(ATTACKS._entries, "zz-plugin", Entry("zz-plugin", plugin, "a plugin's attack", ("finetune",)))
-    assert ATTACKS.resolve("all") == before_all + ["zz-plugin"]
+    assert ATTACKS.resolve("all") == [*before_all, "zz-plugin"]
     assert ATTACKS.resolve("builtin") == before_builtin
 
 
