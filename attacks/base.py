@@ -78,13 +78,6 @@ class Attack(abc.ABC):
     # attacks` shows it); `--attacks all` leaves adaptive attacks out, `--attacks adaptive`
     # selects them.
     adaptive: str | None = None
-
-    @classmethod
-    def plain_counterpart(cls, params: AttackParams) -> str | None:
-        """An adaptive attack's plain version: the attack with the same trigger (with the
-        same seed, the same pattern), which the leaderboard pairs it with, defense by
-        defense. None for a fixed attack, or where no plain attack shares the trigger."""
-        return None
     # Where this attack departs from its reference, one sentence each; the engine
     # writes them into every record (record["deviations"]["attack"]).
     deviations: tuple[str, ...] = ()
@@ -114,14 +107,19 @@ class Attack(abc.ABC):
         trains on the clean attacker set through it instead of calling `poison`."""
         return None
 
-    # An attack that controls the victim's training, not only its data (the supply-chain
-    # threat model), sets this and returns its own loss from `training_loss`.
-    controls_training: bool = False
+    @classmethod
+    def plain_counterpart(cls, params: AttackParams) -> str | None:
+        """An adaptive attack's plain version: the attack with the same trigger (with the
+        same seed, the same pattern), which the leaderboard pairs it with, defense by
+        defense. None for a fixed attack, or where no plain attack shares the trigger."""
+        return None
 
     def training_loss(self, loss, model, encoder: list, num_classes: int):
         """The loss the victim is trained with on the poisoned set: the setting's own
-        `loss` (model, batch) -> tensor, unless the attacker controls training.
-        `encoder` holds the parameters a weight-space defense edits (TBAR's)."""
+        `loss` (model, batch) -> tensor, unless the attack controls the victim's training,
+        not only its data (the supply-chain threat model); such an attack returns its own
+        loss, with an `info()` for the record. `encoder` holds the parameters a
+        weight-space defense edits (TBAR's)."""
         return loss
 
     def poison_rate(self, labels: torch.Tensor, default_rate: float) -> float:

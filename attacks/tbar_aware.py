@@ -23,14 +23,14 @@ term more, in the spirit of sharpness-aware training:
 
 To remove it, TBAR must subtract more than survive_alpha times its vector, and the
 blind operating point stops where clean accuracy falls below the retention level: the
-vector is made costly to subtract. How far that holds is what the benchmark measures;
-`bench analyze disentanglement` compares its task vector with the plain attack's.
+vector is made costly to subtract. How far that holds is what the benchmark measures:
+the `adaptive` page pairs it with its base attack defense by defense, and `bench analyze
+alpha` follows TBAR's deployed vector (trigger effect, target bias, CA) along the scale.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -40,10 +40,11 @@ from torch import nn
 from torch.func import functional_call
 
 from attacks.base import Attack, AttackParams, PoisonedSet
+from bench import taskvec
 from bench.knobs import Count, NonNegative, Positive
 from bench.registry import ATTACKS
 from bench.splits import subseed
-from bench.train import TrainSpec, index_batches, train
+from bench.train import TrainSpec, index_batches
 
 # The family of defenses this attack is built against (`bench list attacks` shows it).
 WEIGHT_ARITHMETIC = "weight arithmetic (TBAR: subtracting the trigger's task vector)"
@@ -124,21 +125,10 @@ class SurviveSubtraction:
         x = torch.cat(self.seen_x)[-self.p.sim_samples :]
         y = torch.cat(self.seen_y)[-self.p.sim_samples :]
         xt, yt = self.attack.apply(x), self.attack.targets(y, self.num_classes)
-        sim = copy.deepcopy(model)
-        wanted = set(self.names)
-        for n, q in sim.named_parameters():
-            q.requires_grad_(n in wanted)
-        before = {n: q.detach().clone() for n, q in sim.named_parameters() if n in wanted}
         spec = TrainSpec(steps=self.p.sim_steps, lr=self.p.sim_lr, batch_size=self.p.sim_batch_size, schedule="constant")
-
-        def batches():
-            while True:
-                for idx in index_batches(len(xt), self.p.sim_batch_size, self.generator):
-                    yield xt[idx], yt[idx]
-
-        train(sim, self.loss, batches(), spec)
-        tau = {n: q.detach() - before[n] for n, q in sim.named_parameters() if n in wanted}
-        self.tau_norms.append(float(torch.sqrt(sum((v.double() ** 2).sum() for v in tau.values()))))
+        batches = ((xt[idx], yt[idx]) for idx in index_batches(len(xt), self.p.sim_batch_size, self.generator))
+        tau = taskvec.finetune_vector(model, self.loss, batches, spec, only=set(self.names))
+        self.tau_norms.append(taskvec.norm(tau))
         self.simulations += 1
         return tau
 
@@ -177,7 +167,6 @@ class SurviveSubtraction:
 class TbarAware(Attack):
     Params = TbarAwareParams
     adaptive = WEIGHT_ARITHMETIC
-    controls_training = True
 
     @classmethod
     def plain_counterpart(cls, params: TbarAwareParams) -> str | None:

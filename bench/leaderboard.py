@@ -468,13 +468,15 @@ def adaptive_rows(board: Board) -> list[dict]:
         cost = []
         for metric, label in (("ca", "CA"), ("asr", "ASR"), ("control", "control (zero-shot)")):
             c = board.attacker_cost.get(metric)
-            c = c[(c["adaptive"] == adaptive) & (c["model"] == model) & (c["setting"] == setting)] if c is not None else c
+            cell = (c["model"] == model) & (c["dataset"] == dataset) & (c["setting"] == setting)
+            c = c[cell & (c["adaptive"] == adaptive)] if c is not None else c
             if c is not None and len(c):
                 r = next(c.itertuples())
                 cost.append([label, f"{r.pairs}/{r.seeds}", pct(r.plain_mean), pct(r.adaptive_mean),
                              pct(r.diff, r.ci, bounded=False), _num(r.p, ".3g")])  # fmt: skip
-        clean = board.agg[(board.agg["attack"] == "none") & (board.agg["defense"] == "none")
-                          & (board.agg["model"] == model) & (board.agg["setting"] == setting)]  # fmt: skip
+        agg = board.agg
+        clean = agg[(agg["attack"] == "none") & (agg["defense"] == "none") & (agg["model"] == model)
+                    & (agg["dataset"] == dataset) & (agg["setting"] == setting)]  # fmt: skip
         reference = pct(clean.iloc[0]["ca"], clean.iloc[0]["ca_ci"]) if len(clean) else "not run"
         out.append({"cell": f"{model} / {dataset} / {setting}", "adaptive": adaptive, "plain": plain, "rows": rows,
                     "cost": cost, "reference": reference})  # fmt: skip

@@ -260,7 +260,7 @@ def adaptive_pairs(df: pd.DataFrame, plain_of: dict[str, str], metric: str = "as
     poisoned rows, the defender's split and the defender's seed, so the seed is the
     unit. Only seeds where both attacks took count (and where the victim learned the
     task). `diff` is adaptive minus plain with its 95% t interval and paired p-value,
-    Holm-adjusted over the table's rows."""
+    Holm-adjusted over the rows of one (model, dataset, setting, adaptive) table."""
     cols = ["model", "dataset", "setting", "adaptive", "plain", "defense", "pairs", "seeds", "plain_mean",
             "adaptive_mean", "diff", "ci", "p"]  # fmt: skip
     out = []
@@ -279,10 +279,11 @@ def adaptive_pairs(df: pd.DataFrame, plain_of: dict[str, str], metric: str = "as
             r = stats.paired(pairs[f"{metric}_a"].tolist(), pairs[f"{metric}_p"].tolist())
             out.append({"model": model, "dataset": dataset, "setting": setting, "adaptive": adaptive, "plain": plain,
                         "defense": defense, "pairs": len(pairs), "seeds": int(seeds),
-                        "plain_mean": stats.mean_ci(pairs[f"{metric}_p"].tolist()).mean,
-                        "adaptive_mean": stats.mean_ci(pairs[f"{metric}_a"].tolist()).mean,
+                        "plain_mean": pairs[f"{metric}_p"].mean(), "adaptive_mean": pairs[f"{metric}_a"].mean(),
                         "diff": r.diff.mean, "ci": r.diff.half, "p": r.p})  # fmt: skip
     res = pd.DataFrame(out, columns=cols)
-    res["p_holm"] = stats.holm(res["p"].tolist()) if len(res) else []
+    # Holm within each table (one per cell and adaptive attack), as the page says
+    table = ["model", "dataset", "setting", "adaptive"]
+    res["p_holm"] = res.groupby(table)["p"].transform(lambda p: stats.holm(p.tolist())) if len(res) else []
     res["significant"] = res["p_holm"] < 0.05
     return res

@@ -1,15 +1,18 @@
 """Task vectors (Ilharco et al. 2023): differences of parameter dicts, scaled and added.
 
 A task vector is a dict name -> tensor over the floating-point parameters that a
-fine-tune changed. Every function here is pure: inputs are never modified.
+fine-tune changed. Every function here is pure: inputs are never modified (`finetune_vector` trains a copy).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import copy
+from collections.abc import Collection, Mapping
 
 import torch
 from torch import nn
+
+from bench.train import TrainSpec, train
 
 TaskVector = dict[str, torch.Tensor]
 
@@ -17,6 +20,23 @@ TaskVector = dict[str, torch.Tensor]
 def trainable_params(model: nn.Module) -> dict[str, torch.Tensor]:
     """Detached copies of the model's floating-point parameters that require grad."""
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad and p.is_floating_point()}
+
+
+def finetune_vector(
+    model: nn.Module, loss, batches, spec: TrainSpec, only: Collection[str] | None = None,
+    base: Mapping[str, torch.Tensor] | None = None,
+) -> TaskVector:
+    """tau = theta_T - theta: fine-tune a copy of `model` with `loss` on `batches` by
+    `spec`; `model` is left as it was. `only`: the parameter names to fine-tune (the
+    copy's other parameters are frozen; default: those that require grad). `base`: the
+    model's trainable parameters, when the caller already holds them."""
+    tuned = copy.deepcopy(model)
+    if only is not None:
+        for n, q in tuned.named_parameters():
+            q.requires_grad_(n in only)
+    before = base if base is not None else trainable_params(tuned)
+    train(tuned, loss, batches, spec)
+    return difference(trainable_params(tuned), before)
 
 
 def _check_keys(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> None:

@@ -149,7 +149,8 @@ def _attack(spec: ArtifactSpec, folder: Path, progress: Progress) -> dict:
             progress(f"attack training {step}/{schedule.steps} loss {loss:.3f}")
 
     batches = data.batches(schedule.batch_size, gen, training.augment, training.crop_padding)
-    loss = attack.training_loss(setting.loss, net, setting.encoder_parameters(net), ds.num_classes)
+    own_loss = setting.loss
+    loss = attack.training_loss(own_loss, net, setting.encoder_parameters(net), ds.num_classes)
     stats = train(net, loss, batches, schedule, on_step=on_step)
     progress("evaluating backdoored model")
     test = evaluate(victim.classifier(net), attack, ds)
@@ -167,7 +168,7 @@ def _attack(spec: ArtifactSpec, folder: Path, progress: Progress) -> dict:
             "samples": stats.samples,
             "wall_s": round(stats.wall_s, 2),
             "final_loss": stats.final_loss,
-            **({"attacker": loss.info()} if attack.controls_training else {}),
+            **({"attacker": loss.info()} if loss is not own_loss else {}),  # the attacker trained it
         },
         "trigger_files": files,
         "wall_s": round(time.perf_counter() - start - prep_s, 2),  # excludes one-time pre-training

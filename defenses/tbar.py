@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -28,7 +27,7 @@ from bench.knobs import Count, Fraction, Index, NonNegative, Positive
 from bench.metrics import accuracy, attack_success_rate, predict
 from bench.registry import DEFENSES
 from bench.tradeoff import KnobSpec
-from bench.train import TrainSpec, train
+from bench.train import TrainSpec
 from defenses.base import DataMeter, Defense, DefenseContext, DefenseOutput, TrainingSet
 
 
@@ -148,12 +147,10 @@ class Tbar(Defense):
         for param in model.parameters():
             param.requires_grad_(id(param) in encoder)
         theta_bd = taskvec.trainable_params(model)
-        finetuned = copy.deepcopy(model)
         torch.manual_seed(ctx.seed)
         spec = TrainSpec(steps=p.steps, lr=p.lr, batch_size=p.batch_size, schedule="constant")
-        train(finetuned, trigger_loss(ctx), data.stream(p.batch_size, ctx.generator(), meter), spec)
-        tau = taskvec.difference(taskvec.trainable_params(finetuned), theta_bd)
-        del finetuned
+        batches = data.stream(p.batch_size, ctx.generator(), meter)
+        tau = taskvec.finetune_vector(model, trigger_loss(ctx), batches, spec, base=theta_bd)
         if p.save_vector and ctx.out_dir is not None:
             from safetensors.torch import save_file
 
