@@ -31,13 +31,15 @@ import time
 import uuid
 from collections.abc import Iterator
 
+from bench import process
+
 log = logging.getLogger(__name__)
 
-DEFAULT_LEASE_S = 60.0
+DEFAULT_LEASE_S = process.DEFAULT_LEASE_S
 
 
 def lease_seconds() -> float:
-    return max(1.0, float(os.environ.get("BENCH_CLAIM_LEASE_S", DEFAULT_LEASE_S)))
+    return process.current().claim_lease_s
 
 
 def _boot_id() -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -13,7 +14,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from bench import process
 from bench.config import ConfigError, load_suite, suite_names
+from bench.process import ProcessConfig
 from bench.registry import UnknownNameError, load_plugins
 
 console = Console(stderr=True, soft_wrap=True)
@@ -89,20 +92,28 @@ def _list_plugins() -> int:
     return 0
 
 
+def _process_config(args: argparse.Namespace) -> ProcessConfig:
+    """This run's process-wide choices: the environment's, overridden by the options given.
+    Installed for the command (`main`); Ray workers receive it as an argument."""
+    cfg = ProcessConfig.from_env()
+    over: dict = {}
+    if getattr(args, "data_root", None):
+        over["data_root"] = str(Path(args.data_root).expanduser().resolve())
+    if getattr(args, "allow_download", False):
+        over["allow_download"] = True
+    if getattr(args, "device", None):
+        over["device"] = args.device
+    if getattr(args, "compile", False):
+        over["compile"] = True
+    return dataclasses.replace(cfg, **over)
+
+
 def _apply_environment(args: argparse.Namespace) -> None:
-    """Process-wide choices, set as environment variables so Ray workers inherit them."""
+    """Configure this process's device from the installed configuration (imports torch)."""
     from bench import runtime
 
-    if getattr(args, "data_root", None):
-        os.environ["BENCH_DATA_ROOT"] = str(Path(args.data_root).expanduser().resolve())
-    if getattr(args, "allow_download", False):
-        os.environ["BENCH_ALLOW_DOWNLOAD"] = "1"
-    device = getattr(args, "device", None) or os.environ.get("BENCH_DEVICE", "auto")
-    runtime.resolve_device(device)  # a bad --device is an error now, not in a worker
-    os.environ["BENCH_DEVICE"] = device
-    runtime.configure(device, compile=getattr(args, "compile", False))
-    if getattr(args, "compile", False):
-        os.environ["BENCH_COMPILE"] = "1"
+    cfg = process.current()
+    runtime.configure(cfg.device, compile=cfg.compile)  # a bad --device is an error now, not in a worker
 
 
 def preflight(plan) -> list[str]:
@@ -147,9 +158,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.seeds,
         getattr(args, "precision", None),
     )
-    _apply_environment(args)  # before planning: input files under --data-root enter the trial ids
+    _apply_environment(args)  # a bad --device is an error before anything is planned or printed
     plan = plan_grid(suite, sel)
-    _apply_environment(args)  # a bad --device is an error before anything is printed
     by_reason: dict[str, list[str]] = {}
     for cell, reason in plan.skipped:
         by_reason.setdefault(reason, []).append(cell)
@@ -599,7 +609,8 @@ def main(argv: list[str] | None = None) -> int:
 
     load_plugins()
     try:
-        return args.func(args)
+        with process.installed(_process_config(args)):
+            return args.func(args)
     except (UnknownNameError, ConfigError, StorageError) as e:
         console.print(f"bench: error: {e}", markup=False, highlight=False, soft_wrap=True)
         return 2

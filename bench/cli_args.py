@@ -339,7 +339,7 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:
         help="storage root for artifacts and records: a folder (shared by all nodes on a cluster), a file:// URI, "
         "or s3://bucket/prefix (endpoint from AWS_ENDPOINT_URL)",
     )
-    r.add_argument("--executor", choices=["ray", "serial"], default="ray", help="ray: Ray Tune; serial: in-process")
+    r.add_argument("--executor", choices=["ray", "serial"], default="ray", help="ray: Ray tasks; serial: in-process")
     r.add_argument("--cpus-per-trial", type=positive_float, default=1.0, help="Ray: CPUs per trial; torch threads follow")
     r.add_argument("--gpus-per-trial", type=nonneg_float, default=0.0, help="Ray: GPUs per trial (fractions allowed)")
     r.add_argument(

@@ -24,6 +24,8 @@ from urllib.parse import unquote, urlsplit
 
 from filelock import FileLock
 
+from bench.process import current as process_config
+
 
 class StorageError(ValueError):
     """A storage root that cannot be used (reported to the user, not a traceback)."""
@@ -184,7 +186,7 @@ class ObjectStore:
 
 def cache_dir() -> Path:
     """Where built datasets and pre-trained models are cached ($BENCH_CACHE overrides)."""
-    root = os.environ.get("BENCH_CACHE") or os.path.join(
+    root = process_config().cache or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "bench"
     )
     path = Path(root)

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from bench import process
+
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -56,7 +58,7 @@ def configure(device: str = "auto", channels_last: bool | None = None, compile: 
     """Set this process's device (channels_last: on unless BENCH_CHANNELS_LAST=0)."""
     dev = resolve_device(device)
     _CURRENT.device = dev
-    default = os.environ.get("BENCH_CHANNELS_LAST", "1") != "0"
+    default = process.current().channels_last
     _CURRENT.channels_last = default if channels_last is None else channels_last
     _CURRENT.compile = compile
     return _CURRENT

@@ -164,7 +164,7 @@ def test_a_full_disk_stops_the_grid_with_one_line_and_a_rerun_resumes(tmp_path, 
     assert 1 <= len(stored) < 3 and int(m.group(2)) <= len(stored)
     assert all(json.loads(p.read_text())["status"] == "ok" for p in stored)
     leftovers = [p for p in root.rglob("*") if p.name.endswith(".tmp") or p.name.startswith((".build-", ".fetch-"))]
-    assert leftovers == [] and not (root / "_tune").exists()
+    assert leftovers == []
     before = {p.name: p.read_bytes() for p in stored}
 
     if executor == "ray":
@@ -353,7 +353,7 @@ def test_a_damaged_pretrained_checkpoint_is_quarantined_and_retrained():
     assert kept.read_bytes() == bytes(data)
 
 
-# ---------------------------------------------------------------- 5. file:// URIs, Tune's folders
+# ---------------------------------------------------------------- 5. file:// URIs
 
 
 def test_file_uris_follow_rfc_8089(tmp_path):
@@ -373,20 +373,3 @@ def test_file_uris_follow_rfc_8089(tmp_path):
                        env=_env(), capture_output=True, text=True, timeout=120, cwd=tmp_path)  # fmt: skip
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == 2 and len(lines) == 1 and "otherhost" in lines[0], r.stderr
-
-
-def test_tune_folders_of_dead_runs_are_swept(tmp_path):
-    import socket
-
-    from bench.ray_grid import sweep_tune_dirs
-    from bench.store import Store
-
-    host = socket.gethostname()
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = tmp_path / "_tune" / f"{host}-{int(dead.stdout)}-abcd1234"
-    alive = tmp_path / "_tune" / f"{host}-{os.getpid()}-abcd1234"
-    other = tmp_path / "_tune" / f"some-other-node-{int(dead.stdout)}-abcd1234"
-    for d in (stale, alive, other):
-        (d / "grid").mkdir(parents=True)
-    assert sweep_tune_dirs(Store(tmp_path)) == [stale]
-    assert alive.exists() and other.exists()

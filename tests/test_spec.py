@@ -28,7 +28,7 @@ def test_ids_are_the_ones_the_store_already_holds():
 def test_a_spec_survives_its_json_and_its_record(plan):
     assert len(plan.trials) > 20
     for t in plan.trials:
-        wire = json.loads(json.dumps(t.to_json()))  # what Tune writes and a worker reads
+        wire = json.loads(json.dumps(t.to_json()))  # what a Ray task carries and a worker reads
         again = TrialSpec.from_json(wire)
         assert again == t and again.id == t.id
         from_record = TrialSpec.from_record_config(json.loads(json.dumps(t.record_config())))

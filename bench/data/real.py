@@ -23,7 +23,6 @@ others, with the datasets' own class names (GTSRB: the official sign meanings).
 
 from __future__ import annotations
 
-import os
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench import process
 from bench.data.base import LabeledDataset, Split, cached_arrays
 from bench.registry import DATASETS
 
@@ -72,14 +72,14 @@ class DatasetMissingError(FileNotFoundError):
 
 
 def data_root() -> Path:
-    root = os.environ.get("BENCH_DATA_ROOT")
+    root = process.current().data_root
     if not root:
         raise DatasetMissingError("no data root: pass --data-root DIR (or set BENCH_DATA_ROOT)")
     return Path(root).expanduser()
 
 
 def _allow_download() -> bool:
-    return os.environ.get("BENCH_ALLOW_DOWNLOAD") == "1"
+    return process.current().allow_download
 
 
 @dataclass(frozen=True)

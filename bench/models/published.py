@@ -36,6 +36,7 @@ import open_clip
 import torch
 from torch import nn
 
+from bench import process
 from bench.inputs import input_file
 from bench.knobs import Index
 from bench.registry import MODELS, Resolver, UnknownNameError, did_you_mean
@@ -68,7 +69,7 @@ class OpenClipParams:
 
 
 def allow_download() -> bool:
-    return os.environ.get("BENCH_ALLOW_DOWNLOAD") == "1" and os.environ.get("HF_HUB_OFFLINE", "0") in ("0", "")
+    return process.current().allow_download and os.environ.get("HF_HUB_OFFLINE", "0") in ("0", "")
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
