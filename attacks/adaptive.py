@@ -31,10 +31,10 @@ from attacks.badnets import patch_side
 from attacks.base import Attack, AttackParams, PoisonedSet, poison_indices
 from attacks.blended import file_pattern, noise_pattern
 from attacks.images import save_png
-from bench.inputs import PATTERN_MAX_BYTES, input_file
-from bench.knobs import Count, Fraction, Index, Share
-from bench.registry import ATTACKS
-from bench.splits import subseed
+from bench.core.inputs import PATTERN_MAX_BYTES, input_file
+from bench.core.knobs import Count, Fraction, Index, Share
+from bench.core.registry import ATTACKS
+from bench.core.splits import subseed
 
 # The family of defenses these attacks are built against (`bench list attacks` shows it).
 LATENT_SEPARATION = "latent separation (spectral signatures, activation clustering, SCAn, their kin)"
@@ -89,7 +89,7 @@ class AdapBlendParams(AttackParams):
     mask_rate: Share = 0.5  # share of the pieces left out of each training sample
     cover_rate: Share | None = None  # None: the payload's rate (the reference's 1:1)
     # None: seeded uniform noise (the reference blends a Hello Kitty image); a file enters
-    # the artifact id by its SHA-256 (bench.inputs).
+    # the artifact id by its SHA-256 (bench.core.inputs).
     pattern_file: str | None = input_file(max_bytes=PATTERN_MAX_BYTES)
 
     def __post_init__(self) -> None:

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from attacks.badnets import apply_patch
 from attacks.base import Attack, AttackParams
 from attacks.images import save_png
-from bench.knobs import Count, NonNegative, Positive
-from bench.registry import ATTACKS
+from bench.core.knobs import Count, NonNegative, Positive
+from bench.core.registry import ATTACKS
 
 
 def badclip_side(height: int) -> int:

@@ -11,8 +11,8 @@ import torch
 
 from attacks.base import Attack, AttackParams
 from attacks.images import save_png
-from bench.knobs import Count
-from bench.registry import ATTACKS
+from bench.core.knobs import Count
+from bench.core.registry import ATTACKS
 
 
 def patch_side(height: int) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.knobs import Index, Share
+from bench.core.knobs import Index, Share
 
 
 @dataclass(frozen=True)

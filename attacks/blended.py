@@ -11,9 +11,9 @@ from PIL import Image
 
 from attacks.base import Attack, AttackParams
 from attacks.images import save_png
-from bench.inputs import PATTERN_MAX_BYTES, input_file, open_regular
-from bench.knobs import Fraction
-from bench.registry import ATTACKS
+from bench.core.inputs import PATTERN_MAX_BYTES, input_file, open_regular
+from bench.core.knobs import Fraction
+from bench.core.registry import ATTACKS
 
 
 def noise_pattern(image_shape: tuple[int, int, int], seed: int) -> torch.Tensor:
@@ -42,7 +42,7 @@ def blend(x: torch.Tensor, pattern: torch.Tensor, alpha: float) -> torch.Tensor:
 @dataclass(frozen=True)
 class BlendedParams(AttackParams):
     alpha: Fraction = 0.2
-    # None: seeded uniform noise. A file enters the artifact id by its SHA-256 (bench.inputs).
+    # None: seeded uniform noise. A file enters the artifact id by its SHA-256 (bench.core.inputs).
     pattern_file: str | None = input_file(max_bytes=PATTERN_MAX_BYTES)
 
     def __post_init__(self) -> None:

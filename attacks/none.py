@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from attacks.base import Attack, AttackParams
-from bench.knobs import Share
-from bench.registry import ATTACKS
+from bench.core.knobs import Share
+from bench.core.registry import ATTACKS
 
 
 @dataclass(frozen=True)

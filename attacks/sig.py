@@ -15,8 +15,8 @@ import torch
 
 from attacks.base import Attack, AttackParams
 from attacks.images import save_png
-from bench.knobs import Fraction, NonNegative, Positive
-from bench.registry import ATTACKS
+from bench.core.knobs import Fraction, NonNegative, Positive
+from bench.core.registry import ATTACKS
 
 
 def sig_signal(width: int, delta: float, f: float) -> torch.Tensor:

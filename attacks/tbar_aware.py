@@ -40,11 +40,11 @@ from torch import nn
 from torch.func import functional_call
 
 from attacks.base import Attack, AttackParams, PoisonedSet
-from bench import taskvec
-from bench.knobs import Count, NonNegative, Positive
-from bench.registry import ATTACKS
-from bench.splits import subseed
-from bench.train import TrainSpec, index_batches
+from bench.core import taskvec
+from bench.core.knobs import Count, NonNegative, Positive
+from bench.core.registry import ATTACKS
+from bench.core.splits import subseed
+from bench.core.train import TrainSpec, index_batches
 
 # The family of defenses this attack is built against (`bench list attacks` shows it).
 WEIGHT_ARITHMETIC = "weight arithmetic (TBAR: subtracting the trigger's task vector)"

@@ -21,8 +21,8 @@ from annotated_types import Ge
 
 from attacks.base import Attack, AttackParams, PoisonedSet
 from attacks.images import save_png
-from bench.knobs import NonNegative
-from bench.registry import ATTACKS
+from bench.core.knobs import NonNegative
+from bench.core.registry import ATTACKS
 
 
 def control_grid(k: int, seed: int) -> torch.Tensor:

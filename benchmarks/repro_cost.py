@@ -25,7 +25,7 @@ import sys
 
 WORK = r"""
 import hashlib, json, time, sys
-from bench import repro
+from bench.core import repro
 repro.apply_environment()
 import torch
 from torch import nn

@@ -4,9 +4,9 @@
     python benchmarks/throughput.py --model ViT-B-32 --batch 256 --resolution 224 --device cuda --precision bf16
 
 Weights do not matter for speed, so models are randomly initialised (nothing is
-loaded or downloaded). Fine-tuning is `bench.train.train` (AdamW, cross-entropy through
+loaded or downloaded). Fine-tuning is `bench.core.train.train` (AdamW, cross-entropy through
 the zero-shot head, batches moved from CPU memory to the device each step, exactly as
-in a trial); evaluation is `bench.metrics.predict`. Each step's images/s is measured
+in a trial); evaluation is `bench.core.metrics.predict`. Each step's images/s is measured
 after warm-up and the median is printed, with the spread (min-max) beside it.
 """
 
@@ -50,9 +50,9 @@ def main() -> None:
     p.add_argument("--json", default=None, help="also write the numbers to this file")
     args = p.parse_args()
 
-    from bench import runtime
-    from bench.metrics import predict
-    from bench.train import TrainSpec, cross_entropy_loss, train
+    from bench.core import runtime
+    from bench.core.metrics import predict
+    from bench.core.train import TrainSpec, cross_entropy_loss, train
 
     rt = runtime.configure(args.device, compile=args.compile)
     torch.manual_seed(0)

@@ -40,12 +40,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench import runtime
-from bench.augment import AUGMENTATIONS
-from bench.knobs import Count, Fraction, Index, NonNegative, Positive, Share
-from bench.registry import DEFENSES
-from bench.tradeoff import IDENTITY, KnobSpec
-from bench.train import frozen
+from bench.core import runtime
+from bench.core.augment import AUGMENTATIONS
+from bench.core.knobs import Count, Fraction, Index, NonNegative, Positive, Share
+from bench.core.registry import DEFENSES
+from bench.core.tradeoff import IDENTITY, KnobSpec
+from bench.core.train import frozen
 from defenses.base import DataMeter, Defense, DefenseContext, DefenseOutput
 
 

@@ -18,10 +18,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench.core.tradeoff import KnobSpec
 from bench.data.base import LabeledDataset, Split
-from bench.settings import Setting
-from bench.tradeoff import KnobSpec
-from bench.victim import Victim
+from bench.protocol.settings import Setting
+from bench.protocol.victim import Victim
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ class TrainingSet:
     def stream(
         self, batch_size: int, generator: torch.Generator, meter: DataMeter
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        from bench.train import index_batches
+        from bench.core.train import index_batches
 
         for idx in index_batches(len(self), batch_size, generator):
             trig = self.triggered[idx]

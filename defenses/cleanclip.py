@@ -43,11 +43,11 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms import AutoAugment, AutoAugmentPolicy
 
-from bench import runtime
-from bench.knobs import Count, Fraction, Index, NonNegative, Positive, Share
+from bench.core import runtime
+from bench.core.knobs import Count, Fraction, Index, NonNegative, Positive, Share
+from bench.core.registry import DEFENSES
+from bench.core.train import TrainSpec, clip_contrastive_loss, index_batches, train
 from bench.models.clip import clip_inputs, tokenize
-from bench.registry import DEFENSES
-from bench.train import TrainSpec, clip_contrastive_loss, index_batches, train
 from defenses.base import Checkpoints, DataMeter, Defense, DefenseContext, DefenseOutput, budgeted_pool
 from defenses.eda import eda
 

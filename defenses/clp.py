@@ -36,9 +36,9 @@ import torch
 from annotated_types import Ge
 from torch import nn
 
-from bench.knobs import NonNegative, Positive
-from bench.registry import DEFENSES
-from bench.tradeoff import KnobSpec
+from bench.core.knobs import NonNegative, Positive
+from bench.core.registry import DEFENSES
+from bench.core.tradeoff import KnobSpec
 from defenses.base import DataMeter, Defense, DefenseContext, DefenseOutput
 
 

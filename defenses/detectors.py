@@ -9,8 +9,8 @@ from typing import Literal
 import torch
 
 from attacks.images import save_png
-from bench.knobs import Count, Positive
-from bench.registry import DEFENSES
+from bench.core.knobs import Count, Positive
+from bench.core.registry import DEFENSES
 from defenses.base import DataMeter, Defense, DefenseContext, DefenseOutput, KnownAttack
 from defenses.inversion import DecreeParams, InversionParams, InvertedTrigger, decree, neural_cleanse
 from defenses.tbar import Tbar, TbarParams

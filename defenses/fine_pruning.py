@@ -24,11 +24,11 @@ from typing import Annotated
 import torch
 from annotated_types import Ge, Lt
 
-from bench.knobs import Count, Fraction, Positive
-from bench.metrics import accuracy, predict
-from bench.registry import DEFENSES
-from bench.tradeoff import IDENTITY, KnobSpec
-from bench.train import TrainSpec, train
+from bench.core.knobs import Count, Fraction, Positive
+from bench.core.metrics import accuracy, predict
+from bench.core.registry import DEFENSES
+from bench.core.tradeoff import IDENTITY, KnobSpec
+from bench.core.train import TrainSpec, train
 from defenses.base import DataMeter, Defense, DefenseContext, DefenseOutput, TrainingSet
 from defenses.units import UnitMask, token_pool, unit_activations, unit_layer
 

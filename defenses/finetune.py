@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.knobs import Count, Fraction, NonNegative, Positive
-from bench.registry import DEFENSES
-from bench.train import TrainSpec, train
+from bench.core.knobs import Count, Fraction, NonNegative, Positive
+from bench.core.registry import DEFENSES
+from bench.core.train import TrainSpec, train
 from defenses.base import Checkpoints, DataMeter, Defense, DefenseContext, DefenseOutput, TrainingSet, budgeted_pool
 
 

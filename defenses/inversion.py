@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from annotated_types import Ge, Le
 from torch import nn
 
-from bench import runtime
-from bench.knobs import Count, Fraction, Index, NonNegative, Positive, Share
-from bench.metrics import predict
-from bench.train import frozen
+from bench.core import runtime
+from bench.core.knobs import Count, Fraction, Index, NonNegative, Positive, Share
+from bench.core.metrics import predict
+from bench.core.train import frozen
 
 
 @dataclass
@@ -192,7 +192,7 @@ def decree(
     succeeded is kept. Adam (betas 0.5, 0.9), batches of the defender's clean images in
     shuffled epochs, lr dropped to 0.1 and 0.05 after the reference's epoch marks.
     The target is the class the zero-shot head assigns most often to triggered images."""
-    from bench.train import index_batches
+    from bench.core.train import index_batches
 
     _, c, h, w = x.shape
     params_of_model = list(params_of_model)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bench.registry import DEFENSES
+from bench.core.registry import DEFENSES
 from defenses.base import DataMeter, Defense, DefenseContext, DefenseOutput
 
 

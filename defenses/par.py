@@ -47,10 +47,10 @@ import torch.nn.functional as F
 from annotated_types import Ge, Lt
 from torch import nn
 
-from bench.knobs import Fraction, NonNegative, Positive, Share
+from bench.core.knobs import Fraction, NonNegative, Positive, Share
+from bench.core.registry import DEFENSES
+from bench.core.train import TrainSpec, clip_contrastive_loss, index_batches, train
 from bench.models.clip import clip_inputs, input_spec, tokenize
-from bench.registry import DEFENSES
-from bench.train import TrainSpec, clip_contrastive_loss, index_batches, train
 from defenses.base import Checkpoints, DataMeter, Defense, DefenseContext, DefenseOutput, budgeted_pool
 from defenses.cleanclip import FROZEN_TEXT_TOWER, NORM_STATS_FROZEN, TEMPLATE_CAPTIONS, clip_for_finetuning
 

@@ -22,12 +22,12 @@ import torch
 import torch.nn.functional as F
 from annotated_types import Ge
 
-from bench import taskvec, tradeoff
-from bench.knobs import Count, Fraction, Index, NonNegative, Positive
-from bench.metrics import accuracy, attack_success_rate, predict
-from bench.registry import DEFENSES
-from bench.tradeoff import KnobSpec
-from bench.train import TrainSpec
+from bench.core import taskvec, tradeoff
+from bench.core.knobs import Count, Fraction, Index, NonNegative, Positive
+from bench.core.metrics import accuracy, attack_success_rate, predict
+from bench.core.registry import DEFENSES
+from bench.core.tradeoff import KnobSpec
+from bench.core.train import TrainSpec
 from defenses.base import DataMeter, Defense, DefenseContext, DefenseOutput, TrainingSet
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from bench import runtime
+from bench.core import runtime
 
 
 def unit_layer(model: nn.Module) -> nn.Module:

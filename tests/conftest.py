@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from bench import repro
+from bench.core import repro
 
 repro.apply_environment()  # the CLI's pinned kernels, before torch or numpy is imported
 
@@ -45,5 +45,5 @@ def _isolated_cache(tmp_path_factory):
     import bench.models.ladder
     import bench.models.published
     import bench.models.zoo
-    import bench.settings  # noqa: F401
+    import bench.protocol.settings  # noqa: F401
     import defenses  # noqa: F401

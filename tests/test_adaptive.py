@@ -18,7 +18,7 @@ from attacks.adaptive import (
     piece_mask,
     split_in_order,
 )
-from bench.registry import ATTACKS
+from bench.core.registry import ATTACKS
 
 SHAPE = (3, 32, 32)
 
@@ -138,8 +138,8 @@ def test_all_leaves_adaptive_attacks_out_and_adaptive_selects_them():
 @pytest.mark.slow
 @pytest.mark.parametrize("attack", ["adap-blend", "adap-patch"])
 def test_adaptive_attacks_run_through_the_engine(tmp_path, attack):
-    from bench.config import SuiteConfig
-    from bench.grid import Selection, plan_grid, run_serial
+    from bench.core.config import SuiteConfig
+    from bench.run.grid import Selection, plan_grid, run_serial
     from bench.store import Store
 
     suite = SuiteConfig(name="adaptive", models=["tiny-resnet"], datasets=["shapes-smoke"], settings=["supervised"],

@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench import analysis
+from bench.study import analysis
 
 
 def _fake_predict(shift_clean: float, shift_trig: float):
@@ -63,8 +63,8 @@ def test_cosine_matrix_has_a_unit_diagonal_and_is_symmetric():
 
 
 def test_budget_configs_scale_only_the_training_length():
-    from bench.config import SuiteConfig
-    from bench.grid import Selection, plan_grid
+    from bench.core.config import SuiteConfig
+    from bench.run.grid import Selection, plan_grid
 
     def base(setting_params):
         suite = SuiteConfig(name="budget", control_datasets=[], setting_params={"finetune": setting_params})
@@ -152,7 +152,7 @@ def _rung(model, params, defense, asr95, ci, bd=0.9):
 
 
 def test_report_scale_section_states_the_trend_and_the_noise():
-    from bench.report import scale_section
+    from bench.study.report import scale_section
 
     falling = {"rows": [_rung("s", 1e5, "tbar", 0.60, 0.05), _rung("m", 1e6, "tbar", 0.30, 0.05),
                         _rung("l", 5e6, "tbar", 0.02, 0.01)],
@@ -198,7 +198,7 @@ def test_report_scale_section_states_the_trend_and_the_noise():
 
 
 def test_report_scale_sections_one_per_attack_newest_first():
-    from bench.report import scale_sections
+    from bench.study.report import scale_sections
 
     def one(attack, created, asr):
         rows = [_rung("s", 1e5, "tbar", asr, 0.05), _rung("l", 5e6, "tbar", asr / 10, 0.01)]
@@ -218,7 +218,7 @@ def test_report_scale_sections_one_per_attack_newest_first():
 
 
 def test_report_disentanglement_over_seeds_separates_bias_from_trigger():
-    from bench.report import disentanglement_over_seeds
+    from bench.study.report import disentanglement_over_seeds
 
     def one(seed, bias):
         return {"model": "tiny-clip", "seed": seed, "xi": {"blended/mix": [[0.0, 0.2], [0.1, 0.3]]},
@@ -234,8 +234,8 @@ def test_report_disentanglement_over_seeds_separates_bias_from_trigger():
 def test_scale_trend_fits_rung_means_and_tests_tbar_against_each_baseline():
     import math
 
-    from bench.analysis import scale_trend
-    from bench.stats import holm
+    from bench.core.stats import holm
+    from bench.study.analysis import scale_trend
 
     def rec(model, defense, seed, asr95, bd_asr, bd_ca=0.9):
         return {"status": "ok", "trial_id": f"{model}-{defense}-{seed}",

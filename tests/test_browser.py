@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import browser
+from bench.report import browser
 
 PAGE = Path(__file__).resolve().parents[1] / "leaderboards" / "micro.html"
 

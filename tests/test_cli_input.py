@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from bench.config import ConfigError, SuiteConfig, load_suite
+from bench.core.config import ConfigError, SuiteConfig, load_suite
 
 SUITES = {
     "fraction.yaml": "name: x\ndefender_fraction: 1.5\n",
@@ -104,7 +104,7 @@ def test_version_names_the_package_version(workdir):
 def test_every_option_has_help_text_and_shows_its_default():
     import argparse
 
-    from bench.cli import build_parser
+    from bench.cli.commands import build_parser
 
     parser = build_parser()
     subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
@@ -136,8 +136,8 @@ def test_run_dry_run_lists_the_grid_and_computes_nothing(workdir, tmp_path):
 
 
 def test_dry_run_tells_reused_from_computed_and_recomputed(tmp_path):
-    from bench.config import SuiteConfig
-    from bench.grid import Selection, dry_run, plan_grid
+    from bench.core.config import SuiteConfig
+    from bench.run.grid import Selection, dry_run, plan_grid
     from bench.store import SCHEMA, Store
 
     suite = SuiteConfig(name="dry", models=["tiny-clip"], control_datasets=["colors"])
@@ -164,7 +164,7 @@ def test_report_refuses_to_write_from_zero_cells(tmp_path):
 
 
 def test_report_and_analysis_default_to_the_results_folder():
-    from bench.cli import build_parser
+    from bench.cli.commands import build_parser
 
     parser = build_parser()
     # None: resolved to <results>/reports (and .../tbar-analysis), never the committed leaderboards/

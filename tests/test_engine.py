@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from bench.config import SuiteConfig
-from bench.grid import Selection, plan_grid, run_serial
+from bench.core.config import SuiteConfig
+from bench.run.grid import Selection, plan_grid, run_serial
 from bench.store import Store
 
 TINY = dict(
@@ -136,9 +136,9 @@ def one_bisection(monkeypatch):
     """One bisection per retention level instead of the protocol's four: these tests ask
     whether every defense runs and records, and each bisection is one more validation pass.
     The refinement itself is checked by test_grid_writes_complete_records_and_reruns_nothing."""
-    import bench.trial
+    import bench.run.trial
 
-    monkeypatch.setattr(bench.trial, "CURVE_REFINE_STEPS", 1)
+    monkeypatch.setattr(bench.run.trial, "CURVE_REFINE_STEPS", 1)
 
 
 @pytest.mark.slow

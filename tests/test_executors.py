@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.config import SuiteConfig
-from bench.grid import Selection, plan_grid, run_serial
+from bench.core.config import SuiteConfig
+from bench.run.grid import Selection, plan_grid, run_serial
 from bench.store import Store
 
 SUITE = """
@@ -117,7 +117,7 @@ def test_two_processes_on_one_root_compute_each_trial_once(tmp_path):
 @pytest.mark.slow
 @pytest.mark.ray
 def test_ray_executor_gives_the_serial_numbers_and_records_failures(tmp_path):
-    from bench.ray_grid import RayOptions, run_ray
+    from bench.run.ray_grid import RayOptions, run_ray
 
     suite = _suite_obj(defense_params={"tbar": {"steps": 5, "alpha_points": 5, "alpha_max": 2.0},
                                        "finetune": {"budget_x": 2}, "tbar-mix": {"data_fraction": 0.9}})  # fmt: skip
@@ -151,7 +151,7 @@ def test_ray_executor_gives_the_serial_numbers_and_records_failures(tmp_path):
 def test_a_failed_attack_fails_its_trials_once_without_retrying(tmp_path, monkeypatch):
     """Stage 1 raising: every dependent trial gets a failed record naming stage 1, and the
     attack is tried once, not once per defense."""
-    import bench.grid as grid
+    import bench.run.grid as grid
 
     calls = []
 
@@ -173,7 +173,7 @@ def test_a_failed_attack_fails_its_trials_once_without_retrying(tmp_path, monkey
 def test_trials_land_on_both_nodes_of_a_two_node_cluster(tmp_path):
     from ray.cluster_utils import Cluster
 
-    from bench.ray_grid import RayOptions, run_ray
+    from bench.run.ray_grid import RayOptions, run_ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})

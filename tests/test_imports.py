@@ -8,13 +8,32 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("bench", "attacks", "defenses")
 
-# What the methods must never reach: the engine that runs them and the pages that report them.
-ENGINE = ("bench.grid", "bench.trial", "bench.ray_grid", "bench.cli", "bench.cli_args", "bench.leaderboard",
-          "bench.report", "bench.analysis", "bench.check", "bench.progress", "bench.plots")  # fmt: skip
-# The registry is below every method, model and dataset: they come in through entry points.
+# The layers, bottom first. A module may import its own layer and those below, never one
+# above: the packages of bench/ are these layers, and the methods sit between what a trial
+# is (protocol) and what runs it (run).
+LAYERS = (
+    ("bench.core",),  # configs, knobs, registry, process, devices, training, metrics, task vectors
+    ("bench.store",),  # artifacts, records, claims
+    ("bench.data",),
+    ("bench.models",),
+    ("bench.protocol",),  # specs, settings, the victim, the record
+    ("attacks", "defenses"),
+    ("bench.run",),  # one trial, the grid, the executors
+    ("bench.report",),  # tables, pages, the exact check
+    ("bench.study",),  # the TBAR study
+    ("bench.cli",),
+)
 # The bottom: modules that import nothing of the project but each other.
-BOTTOM = ("bench.fs", "bench.knobs", "bench.splits", "bench.repro", "bench.process")
-REGISTERED = ("attacks", "defenses", "bench.models", "bench.data", "bench.settings")
+BOTTOM = ("bench.core.fs", "bench.core.knobs", "bench.core.splits", "bench.core.repro", "bench.core.process")
+# The registry is below every method, model and dataset: they come in through entry points.
+REGISTERED = ("attacks", "defenses", "bench.models", "bench.data", "bench.protocol.settings")
+
+
+def _layer(module: str) -> int | None:
+    for i, prefixes in enumerate(LAYERS):
+        if _under(module, prefixes):
+            return i
+    return None
 
 
 def _modules() -> dict[str, Path]:
@@ -70,14 +89,20 @@ def test_the_import_graph_has_no_cycle():
     assert cycles == [], "\n".join(" -> ".join(c) for c in cycles)
 
 
+def test_every_module_lives_in_a_layer():
+    loose = [m for m in _modules() if _layer(m) is None and m.count(".") > 0 and m not in ("bench.suites", "bench.templates")]  # data folders
+    assert loose == [], f"modules outside every layer package: {loose}"
+
+
 def test_no_module_imports_a_layer_above_it():
     graph = _graph()
     upward = []
     for m, deps in sorted(graph.items()):
         for d in sorted(deps):
-            if _under(m, ("attacks", "defenses")) and _under(d, ENGINE):
-                upward.append(f"{m} -> {d} (a method imports the engine)")
-            if m == "bench.registry" and _under(d, REGISTERED):
+            lm, ld = _layer(m), _layer(d)
+            if lm is not None and ld is not None and ld > lm:
+                upward.append(f"{m} -> {d} (layer {LAYERS[lm][0]} imports {LAYERS[ld][0]})")
+            if m == "bench.core.registry" and _under(d, REGISTERED):
                 upward.append(f"{m} -> {d} (the registry imports what registers with it)")
             if m in BOTTOM and d.startswith("bench") and d not in BOTTOM:
                 upward.append(f"{m} -> {d} (a bottom module imports the project)")
@@ -87,5 +112,5 @@ def test_no_module_imports_a_layer_above_it():
 def test_the_contract_sees_imports_inside_functions(tmp_path):
     """The reader must not miss a late import: the very thing the contract is for."""
     src = tmp_path / "m.py"
-    src.write_text("def f():\n    from bench.trial import run_attack\n    import bench.cli\n")
-    assert {"bench.trial", "bench.trial.run_attack", "bench.cli"} <= _imports("attacks.m", src)
+    src.write_text("def f():\n    from bench.run.trial import run_attack\n    import bench.cli.commands\n")
+    assert {"bench.run.trial", "bench.run.trial.run_attack", "bench.cli.commands"} <= _imports("attacks.m", src)

@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from attacks.badnets import BadNets, BadNetsParams
-from bench.config import SuiteConfig
+from bench.core.config import SuiteConfig
 from bench.data.base import load_dataset
-from bench.grid import Selection, plan_grid
-from bench.settings import SETTINGS
+from bench.protocol.settings import SETTINGS
+from bench.run.grid import Selection, plan_grid
+from bench.run.trial import run_attack
 from bench.store import Store
-from bench.trial import run_attack
 from defenses.inversion import (
     DecreeParams,
     InversionParams,

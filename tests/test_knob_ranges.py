@@ -1,5 +1,5 @@
 """Every numeric knob of every method, model and setting declares its range
-(bench/knobs.py), so an out-of-range suite override is one line naming the field,
+(bench/core/knobs.py), so an out-of-range suite override is one line naming the field,
 refused before any work."""
 
 import dataclasses
@@ -11,9 +11,9 @@ from typing import Annotated, Literal, Union, get_args, get_origin
 
 import pytest
 
-from bench import knobs
-from bench.config import ConfigError, from_dict
-from bench.registry import ATTACKS, DEFENSES, MODELS, SETTINGS, load_plugins
+from bench.core import knobs
+from bench.core.config import ConfigError, from_dict
+from bench.core.registry import ATTACKS, DEFENSES, MODELS, SETTINGS, load_plugins
 from defenses.clp import ClpParams
 from defenses.tbar import TbarParams
 
@@ -78,7 +78,7 @@ def test_every_numeric_knob_declares_a_range_that_admits_its_default():
             b = found[0][1]
             if any(v is not None and not knobs.within(v, b) for v in values):
                 outside.append(f"{name} = {default!r} ({knobs.describe(b)})")
-    assert not unbounded, "numeric knobs without a declared range (bench/knobs.py): " + ", ".join(sorted(unbounded))
+    assert not unbounded, "numeric knobs without a declared range (bench/core/knobs.py): " + ", ".join(sorted(unbounded))
     assert not outside, "defaults outside their declared range: " + ", ".join(sorted(outside))
 
 

@@ -7,7 +7,7 @@ import sys
 import pandas as pd
 import pytest
 
-from bench import leaderboard
+from bench.report import leaderboard
 
 
 def _record(attack: str, method: str, seed: int, ca: float, asr: float | None, bd_asr: float | None = 0.95,
@@ -55,7 +55,7 @@ RECORDS = [
 
 
 def test_cells_average_the_seeds_whose_attack_took_with_a_t_interval():
-    from bench import tables
+    from bench.report import tables
 
     agg = tables.aggregate(tables.records_frame(RECORDS))
     bd = agg[(agg.attack == "badnets") & (agg.defense == "none")].iloc[0]
@@ -125,7 +125,8 @@ def _grid(cells: dict[str, list[float]], extra: dict[str, dict[str, list[float]]
 
 
 def test_a_ranking_covers_only_shared_rows_and_its_interval_is_over_cells():
-    from bench import stats, tables
+    from bench.core import stats
+    from bench.report import tables
 
     recs = _grid({"m1": [0.10, 0.50], "m2": [0.20, 0.60], "m3": [0.30, 0.40]}, {"par": {"m1": [0.05]}})
     summ = tables.summary(tables.records_frame(recs))
@@ -148,7 +149,7 @@ def test_a_ranking_covers_only_shared_rows_and_its_interval_is_over_cells():
 
 
 def test_overlapping_neighbours_share_a_rank():
-    from bench import tables
+    from bench.report import tables
 
     recs = _grid({"m1": [0.10, 0.12], "m2": [0.30, 0.31], "m3": [0.20, 0.25]}, {})
     main = tables.summary(tables.records_frame(recs)).set_index("defense")
@@ -157,7 +158,7 @@ def test_overlapping_neighbours_share_a_rank():
 
 
 def test_the_check_is_exact_and_fails_on_one_image_and_on_a_missing_row():
-    from bench import check, tables
+    from bench.report import check, tables
 
     rows = check.read_rows(check.rows_csv(tables.records_frame(RECORDS)))
     assert check.compare_rows(rows, rows.copy()) == []
@@ -233,7 +234,7 @@ def test_an_adaptive_attack_is_paired_with_its_plain_version_seed_by_seed():
     """tbar-aware (base blended) against blended: per defense, ASR@95 paired over the seeds
     where both took, adaptive minus plain with a t interval; a seed where the adaptive attack
     did not take drops out of the pair; the page shows the table and the attacker's cost."""
-    from bench import stats
+    from bench.core import stats
 
     params = {"base": "blended"}
     plain = {("none", s): a for s, a in enumerate((0.90, 0.92, 0.94))}

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bench import metrics
+from bench.core import metrics
 
 frac = st.floats(0, 1, allow_nan=False)
 
@@ -56,11 +56,11 @@ def test_asr_plus_ra_at_most_one(labels, target):
         assert 0 <= asr + ra <= 1 + 1e-12
 
 
-# ---------------------------------------------------------------- uncertainty (bench/stats.py)
+# ---------------------------------------------------------------- uncertainty (bench/core/stats.py)
 
 
 def test_mean_ci_matches_a_hand_computation_with_students_t():
-    from bench.stats import mean_ci
+    from bench.core.stats import mean_ci
 
     e = mean_ci([0.2, 0.4, 0.6])
     # sd = 0.2, t(0.975, 2) = 4.302653, half = 4.302653 * 0.2 / sqrt(3)
@@ -71,7 +71,7 @@ def test_mean_ci_matches_a_hand_computation_with_students_t():
 def test_paired_t_test_and_holm_adjustment():
     from scipy import stats as st
 
-    from bench.stats import holm, paired
+    from bench.core.stats import holm, paired
 
     a, b = [0.9, 0.8, 0.7, 0.95], [0.5, 0.6, 0.4, 0.7]
     r = paired(a, b)
@@ -81,7 +81,7 @@ def test_paired_t_test_and_holm_adjustment():
 
 
 def test_slope_matches_a_hand_computation_and_refuses_too_few_points():
-    from bench.stats import slope
+    from bench.core.stats import slope
 
     # y = 1 - 0.2 x + e: slope by hand = sum((x - 2)(y - ybar)) / sum((x - 2)^2)
     x, y = [1.0, 2.0, 3.0, 2.0], [0.82, 0.58, 0.42, 0.62]
@@ -99,7 +99,7 @@ def test_slope_matches_a_hand_computation_and_refuses_too_few_points():
 
 def _reference_ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """torchmetrics' SSIM map with the same settings, averaged over the valid region
-    (the convention of bench.metrics.ssim; see its docstring)."""
+    (the convention of bench.core.metrics.ssim; see its docstring)."""
     tm = pytest.importorskip("torchmetrics.functional.image", reason="torchmetrics is in the test extra")
     _, full = tm.structural_similarity_index_measure(
         x, y, gaussian_kernel=True, sigma=1.5, kernel_size=11, data_range=1.0, k1=0.01, k2=0.03,

@@ -8,12 +8,12 @@ import sys
 import pytest
 import torch
 
-from bench.cli_args import with_pretrained
-from bench.config import ConfigError, SuiteConfig
-from bench.grid import Selection, plan_grid
+from bench.cli.args import with_pretrained
+from bench.core.config import ConfigError, SuiteConfig
+from bench.core.registry import MODELS, UnknownNameError
 from bench.models.classifiers import PreActResNet, TimmParams, build_timm
 from bench.models.zoo import model_params
-from bench.registry import MODELS, UnknownNameError
+from bench.run.grid import Selection, plan_grid
 
 
 def test_arch_colon_tag_resolves_to_the_open_clip_model_with_that_tag():
@@ -173,7 +173,7 @@ def test_list_models_pretrained_marks_what_is_in_the_cache(tmp_path):
 
 
 def test_list_filters_by_pattern_like_timm():
-    from bench import listing
+    from bench.report import listing
 
     names = [r[0] for r in listing.model_rows("ViT-B*")]
     assert {"ViT-B-32", "ViT-B-16", "ViT-B-32-quickgelu"} <= set(names) and "tiny-clip" not in names

@@ -1,4 +1,4 @@
-"""What `bench run` shows while it works (bench/progress.py): the stage, the counts, an ETA,
+"""What `bench run` shows while it works (bench/run/progress.py): the stage, the counts, an ETA,
 and plain lines where the output is not a terminal."""
 
 import io
@@ -6,7 +6,7 @@ import re
 
 from rich.console import Console
 
-from bench.progress import RunDisplay, clock
+from bench.run.progress import RunDisplay, clock
 
 
 def _record(defense: str, status: str = "ok") -> dict:

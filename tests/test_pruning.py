@@ -120,7 +120,7 @@ def test_anp_iteration_matches_a_functional_hand_computation():
 
 
 def test_anp_prunes_by_threshold_on_the_norm_weight_and_restores():
-    from bench.tradeoff import IDENTITY
+    from bench.core.tradeoff import IDENTITY
     from defenses import anp
     from defenses.base import DataMeter
 

@@ -160,9 +160,10 @@ def test_paper_suite_without_files_fails_before_any_work_naming_each_one(tmp_pat
     every way into work (a victim, a dataset's images, an executor, Ray) replaced by a trap."""
     import ray
 
-    from bench import cli, grid, ray_grid
+    from bench.cli import commands as cli
     from bench.data import real
     from bench.models import published
+    from bench.run import grid, ray_grid
 
     (tmp_path / "empty").mkdir()  # an existing but empty data root (a missing one is a one-line --data-root error)
     sprung = []

@@ -1,7 +1,7 @@
 import pytest
 
-from bench.config import ConfigError, SuiteConfig, from_dict, load_suite
-from bench.registry import ATTACKS, DEFENSES, Registry, UnknownNameError
+from bench.core.config import ConfigError, SuiteConfig, from_dict, load_suite
+from bench.core.registry import ATTACKS, DEFENSES, Registry, UnknownNameError
 from defenses.tbar import TbarParams
 
 

@@ -102,7 +102,7 @@ def test_a_fifo_or_folder_as_pattern_file_is_one_line_before_any_work(tmp_path):
 def test_input_digests_are_cached_and_size_limited(tmp_path, monkeypatch):
     import hashlib
 
-    from bench import inputs
+    from bench.core import inputs
 
     f = tmp_path / "p.bin"
     f.write_bytes(b"x" * 1000)
@@ -194,7 +194,7 @@ def _fake_plugins(where: Path) -> None:
     (where / "good_plugin.py").write_text(
         textwrap.dedent("""
         from attacks.badnets import BadNets
-        from bench.registry import ATTACKS
+        from bench.core.registry import ATTACKS
 
         ATTACKS.register("good-patch", "a plugin's badnets", settings=("supervised",))(type("Good", (BadNets,), {}))
     """)
@@ -202,7 +202,7 @@ def _fake_plugins(where: Path) -> None:
     dist("sloppy-plugin", "[bench.defenses]\nnosettings = sloppy_nosettings\nnoparams = sloppy_noparams\n")
     (where / "sloppy_nosettings.py").write_text(
         textwrap.dedent("""
-        from bench.registry import DEFENSES
+        from bench.core.registry import DEFENSES
         from defenses.none import NoDefense
 
         DEFENSES.register("sloppy-a", "forgot settings=")(type("A", (NoDefense,), {}))
@@ -210,7 +210,7 @@ def _fake_plugins(where: Path) -> None:
     )
     (where / "sloppy_noparams.py").write_text(
         textwrap.dedent("""
-        from bench.registry import DEFENSES
+        from bench.core.registry import DEFENSES
         from defenses.base import Defense
 
         @DEFENSES.register("sloppy-b", "forgot Params", settings=("supervised",))
@@ -254,9 +254,9 @@ def test_the_ci_page_runs_exactly_the_builtin_methods():
     """CI reruns the committed ci page's own commands (bench leaderboard --check): together
     they must run every built-in attack and defense, and the suite names its methods one by
     one, so an installed plugin never changes the grid CI checks."""
-    from bench import check
-    from bench.config import load_suite
-    from bench.registry import ATTACKS, DEFENSES, load_plugins
+    from bench.core.config import load_suite
+    from bench.core.registry import ATTACKS, DEFENSES, load_plugins
+    from bench.report import check
 
     load_plugins()
     # Adaptive attacks (bench list attacks) are outside `all` and get a page of their own.
@@ -274,7 +274,7 @@ def test_the_ci_page_runs_exactly_the_builtin_methods():
 def test_builtin_selects_the_projects_own_methods_and_no_plugin(monkeypatch):
     """`builtin` is `all` without plugins: a method registered from outside the project's
     packages joins `all` and never `builtin`."""
-    from bench.registry import ATTACKS, Entry, load_plugins
+    from bench.core.registry import ATTACKS, Entry, load_plugins
 
     load_plugins()
     before_all, before_builtin = ATTACKS.resolve("all"), ATTACKS.resolve("builtin")
@@ -338,7 +338,7 @@ def test_serial_and_ray_build_byte_identical_artifacts(tmp_path):
 
 @pytest.mark.slow
 def test_a_damaged_pretrained_checkpoint_is_quarantined_and_retrained():
-    from bench.pretrain import PretrainConfig, checkpoint_path, get_pretrained
+    from bench.models.pretrain import PretrainConfig, checkpoint_path, get_pretrained
 
     cfg = PretrainConfig(steps=2, batch_size=16, n_shapes=64, warmup_steps=1)
     get_pretrained(cfg)
@@ -357,7 +357,7 @@ def test_a_damaged_pretrained_checkpoint_is_quarantined_and_retrained():
 
 
 def test_file_uris_follow_rfc_8089(tmp_path):
-    from bench.fs import StorageError, parse_root
+    from bench.core.fs import StorageError, parse_root
 
     assert parse_root("file:///tmp/a%20b/c").path == Path("/tmp/a b/c")
     assert parse_root("file://localhost/tmp/x").path == Path("/tmp/x")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import bench.claims
+import bench.store.claims
 
 pytestmark = pytest.mark.s3
 
@@ -79,7 +79,7 @@ def _keys(client, prefix: str) -> list[str]:
 
 
 class _VirtualClock:
-    """Stands in for the `time` module inside bench.claims: monotonic() reads a counter that
+    """Stands in for the `time` module inside bench.store.claims: monotonic() reads a counter that
     only sleep() advances; wall time (written into the claim's body) stays real."""
 
     def __init__(self):
@@ -102,7 +102,7 @@ def test_claims_on_s3_exclude_each_other_and_stale_ones_are_taken_over(s3, monke
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     monkeypatch.setenv("BENCH_CLAIM_LEASE_S", "2")
-    from bench.claims import S3Claims, s3_client
+    from bench.store.claims import S3Claims, s3_client
 
     claims = S3Claims(s3_client(), BUCKET, "claims-test")
     with claims.claim("k"):
@@ -116,10 +116,10 @@ def test_claims_on_s3_exclude_each_other_and_stale_ones_are_taken_over(s3, monke
     # The waiter's clock is virtual (it advances only by the waiter's own sleeps), so "after a
     # whole lease and within two polls of it" is checked exactly, however loaded the machine.
     clock = _VirtualClock()
-    monkeypatch.setattr(bench.claims, "time", clock)
+    monkeypatch.setattr(bench.store.claims, "time", clock)
     with claims.claim("k"):
         waited = clock.now
-    monkeypatch.setattr(bench.claims, "time", time)
+    monkeypatch.setattr(bench.store.claims, "time", time)
     poll = min(2.0, 2 / 8) * 1.5  # the longest jittered poll at a 2 s lease
     assert 2 < waited <= 2 + 2 * poll, waited
 
@@ -127,7 +127,7 @@ def test_claims_on_s3_exclude_each_other_and_stale_ones_are_taken_over(s3, monke
     # mark as the last thing it does while holding; the waiter must find it once it gets in.
     mark = tmp_path / "holder-done"
     code = (
-        "import pathlib, sys, time; from bench.claims import S3Claims, s3_client\n"
+        "import pathlib, sys, time; from bench.store.claims import S3Claims, s3_client\n"
         f"with S3Claims(s3_client(), {BUCKET!r}, 'claims-test').claim('k'):\n"
         f"    print('held', flush=True); time.sleep(2); pathlib.Path({str(mark)!r}).touch()\n"
     )

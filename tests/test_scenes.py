@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench.augment import crop_flip
+from bench.core.augment import crop_flip
 from bench.data import scenes
 
 

@@ -6,10 +6,10 @@ import shutil
 import pytest
 import torch
 
-from bench import pretrain
+from bench.core.registry import MODELS
+from bench.models import pretrain
+from bench.models.pretrain import PretrainConfig, checkpoint_path, get_pretrained, shipped_path
 from bench.models.zoo import TinyClipParams
-from bench.pretrain import PretrainConfig, checkpoint_path, get_pretrained, shipped_path
-from bench.registry import MODELS
 from bench.store import CorruptCheckpointError, file_digest, read_json
 
 TINY = PretrainConfig(steps=2, batch_size=16, warmup_steps=1, n_shapes=64, n_scenes=32)

@@ -1,4 +1,4 @@
-"""The typed specs (bench/spec.py): built once at plan time with every knob validated,
+"""The typed specs (bench/protocol/spec.py): built once at plan time with every knob validated,
 carried as JSON to Ray workers and rebuilt there, and hashed to the ids the store has
 always used."""
 
@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from bench.config import ConfigError, load_suite
-from bench.grid import Selection, plan_grid
-from bench.spec import ArtifactSpec, TrialSpec
+from bench.core.config import ConfigError, load_suite
+from bench.protocol.spec import ArtifactSpec, TrialSpec
+from bench.run.grid import Selection, plan_grid
 
 
 @pytest.fixture(scope="module")

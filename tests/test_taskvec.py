@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench import taskvec
+from bench.core import taskvec
 
 
 def _model(seed):

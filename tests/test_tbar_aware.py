@@ -11,8 +11,8 @@ from torch import nn
 
 import attacks  # noqa: F401  (registers the built-ins)
 from attacks.tbar_aware import SurviveSubtraction, TbarAware, TbarAwareParams, norms_frozen
-from bench.registry import ATTACKS
-from bench.splits import subseed
+from bench.core.registry import ATTACKS
+from bench.core.splits import subseed
 
 SHAPE = (3, 8, 8)
 
@@ -79,7 +79,7 @@ def test_the_surviving_term_is_the_backdoor_loss_at_the_subtracted_weights():
     replay = torch.Generator().manual_seed(subseed(0, "tbar-aware"))
     keep = attack.targets(y, 3) != y
     assert int(keep.sum()) >= 12  # the simulation's set is the last 12 such rows: 3 batches, one epoch
-    torch.randperm(12, generator=replay)  # the one epoch's shuffle (bench.train.index_batches)
+    torch.randperm(12, generator=replay)  # the one epoch's shuffle (bench.core.train.index_batches)
     a = 2.0 * float(torch.rand((), generator=replay))
     xt, yt = attack.apply(x[keep][:5]), attack.targets(y[keep][:5], 3)
     shifted = _net()
@@ -119,8 +119,8 @@ def test_it_is_adaptive_and_knobs_are_checked():
 
 @pytest.mark.slow
 def test_tbar_aware_runs_through_the_engine_and_records_its_simulations(tmp_path):
-    from bench.config import SuiteConfig
-    from bench.grid import Selection, plan_grid, run_serial
+    from bench.core.config import SuiteConfig
+    from bench.run.grid import Selection, plan_grid, run_serial
     from bench.store import Store
 
     suite = SuiteConfig(name="adaptive", models=["tiny-resnet"], datasets=["shapes-smoke"], settings=["supervised"],

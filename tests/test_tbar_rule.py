@@ -1,4 +1,4 @@
-from bench.config import from_dict
+from bench.core.config import from_dict
 from defenses.tbar import TbarParams, select_alpha
 
 

@@ -5,8 +5,8 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bench import curves, tradeoff
-from bench.tradeoff import IDENTITY, KnobSpec
+from bench.core import curves, tradeoff
+from bench.core.tradeoff import IDENTITY, KnobSpec
 
 
 def _pts(rows):

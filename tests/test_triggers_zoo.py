@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from attacks.badclip import BadClipParams, BadClipPatch, badclip_side
 from attacks.sig import Sig, SigParams, sig_signal
 from attacks.wanet import Wanet, WanetParams, identity_grid, warp
-from bench import metrics
+from bench.core import metrics
 
 
 def test_wanet_is_the_identity_when_s_is_zero():

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bench.fs import cache_dir as cache_dir  # re-exported: the data modules cache with it
-from bench.fs import file_lock
-from bench.registry import DATASETS
+from bench.core.fs import cache_dir as cache_dir  # re-exported: the data modules cache with it
+from bench.core.fs import file_lock
+from bench.core.registry import DATASETS
 
 SPLITS = ("train", "val", "test")
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from bench.core.registry import DATASETS
 from bench.data import scenes
 from bench.data import shapes as gen
 from bench.data.base import LabeledDataset, Split, cached_arrays
-from bench.registry import DATASETS
 
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 

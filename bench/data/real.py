@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench import process
+from bench.core import process
+from bench.core.registry import DATASETS
 from bench.data.base import LabeledDataset, Split, cached_arrays
-from bench.registry import DATASETS
 
 MAX_IMAGES = {"train": 20000, "val": 2000, "test": 10000}  # ImageFolder sets only
 FOLDER_SIDE = 224
@@ -378,7 +378,7 @@ READ_TOO = {
 
 
 def input_files(spec: RealSpec) -> list[tuple[str, Path]]:
-    """The dataset's files that enter trial ids by content (bench.inputs): every file it
+    """The dataset's files that enter trial ids by content (bench.core.inputs): every file it
     reads from a fixed name. ImageFolder trees (gtsrb, sun397, imagenet: up to a million
     files) are identified by their path only."""
     try:
@@ -394,7 +394,7 @@ def load_real(spec: RealSpec) -> LabeledDataset:
     if problems:
         raise DatasetMissingError("; ".join(problems))
     root = data_root()
-    from bench.inputs import digest
+    from bench.core.inputs import digest
 
     key = {"name": spec.name, "root": str(root.resolve()), "caps": MAX_IMAGES, "side": FOLDER_SIDE, "v": 1}
     files = {rel: digest(path, f"--data-root file of {spec.name}") for rel, path in input_files(spec)}

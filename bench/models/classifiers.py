@@ -42,8 +42,8 @@ import torch.nn.functional as F
 from annotated_types import Ge
 from torch import nn
 
+from bench.core.registry import MODELS, Resolver, UnknownNameError, did_you_mean
 from bench.models.clip import MEAN, STD, normalize_images, resize_to
-from bench.registry import MODELS, Resolver, UnknownNameError, did_you_mean
 
 TIMM_PREFIX = "timm:"
 TIMM_WEIGHTS = "model.safetensors"

@@ -14,8 +14,8 @@ from __future__ import annotations
 import typing
 from dataclasses import make_dataclass
 
+from bench.core.registry import MODELS
 from bench.models.zoo import TinyClip, TinyClipParams, param_counts
-from bench.registry import MODELS
 
 # name -> (description, Params defaults). Pre-training steps grow with size: the largest
 # CPU rung takes about 31 CPU-minutes at one torch thread (docs/world.md).
@@ -42,7 +42,7 @@ RUNGS: dict[str, tuple[str, dict]] = {
 
 
 def _params_class(name: str, defaults: dict) -> type:
-    # Each field keeps tiny-clip's annotation (its declared range, bench/knobs.py); only the default differs.
+    # Each field keeps tiny-clip's annotation (its declared range, bench/core/knobs.py); only the default differs.
     hints = typing.get_type_hints(TinyClipParams, include_extras=True)
     fields = [(k, hints[k], v) for k, v in defaults.items()]
     return make_dataclass(f"{name.title().replace('-', '')}Params", fields, bases=(TinyClipParams,), frozen=True)

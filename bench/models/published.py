@@ -36,10 +36,10 @@ import open_clip
 import torch
 from torch import nn
 
-from bench import process
-from bench.inputs import input_file
-from bench.knobs import Index
-from bench.registry import MODELS, Resolver, UnknownNameError, did_you_mean
+from bench.core import process
+from bench.core.inputs import input_file
+from bench.core.knobs import Index
+from bench.core.registry import MODELS, Resolver, UnknownNameError, did_you_mean
 from bench.store import file_digest
 
 # open_clip's names whose tokenizer is the CLIP BPE that `bench.models.clip.tokenize` uses.

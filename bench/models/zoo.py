@@ -13,16 +13,16 @@ import torch
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
+from bench.core.knobs import Count, Index, Positive, Share
+from bench.core.registry import MODELS
 from bench.data import scenes
-from bench.knobs import Count, Index, Positive, Share
 from bench.models.clip import ClipArch, normalize_images
-from bench.pretrain import PretrainConfig, get_pretrained
-from bench.registry import MODELS
+from bench.models.pretrain import PretrainConfig, get_pretrained
 
 
 @dataclass(frozen=True)
 class TinyClipParams:
-    """Knobs of the tiny CLIP's one-time pre-training (see bench/pretrain.py). Every
+    """Knobs of the tiny CLIP's one-time pre-training (see bench/models/pretrain.py). Every
     field enters trial ids, so a changed corpus (a new scene generator version) or
     architecture never reuses records of another model."""
 
@@ -36,7 +36,7 @@ class TinyClipParams:
     vision: str = ClipArch.vision
     vision_width: Count = ClipArch.vision_width
     vit_layers: Count = ClipArch.vit_layers
-    # the released precision of the pre-trained weights (bench/pretrain.py): float16, as OpenAI ships CLIP
+    # the released precision of the pre-trained weights (bench/models/pretrain.py): float16, as OpenAI ships CLIP
     weights_dtype: Literal["float16", "bfloat16", "float32"] = PretrainConfig.weights_dtype
 
     def arch(self) -> ClipArch:
@@ -139,6 +139,19 @@ class TinyResNet:
 
 
 def model_params(name: str, overrides: dict | None):
-    from bench.config import from_dict
+    from bench.core.config import from_dict
 
     return from_dict(MODELS.get(name).Params, overrides, f"model_params.{name}")
+
+
+def rung_params(model: str, model_params: dict) -> dict[str, int] | None:
+    """Image-tower and total parameter counts of a registered clip model, if it can say."""
+    from bench.core.registry import MODELS
+
+    count = MODELS.entry(model).extra.get("param_counts")
+    if count is None:
+        return None
+    from bench.core.config import from_dict
+
+    params = from_dict(MODELS.get(model).Params, model_params, f"model_params.{model}")
+    return param_counts(params.arch()) if hasattr(params, "arch") else count()

@@ -20,8 +20,8 @@ import torch
 
 from attacks.base import Attack, AttackParams
 from attacks.images import save_png
-from bench.knobs import Count, Share
-from bench.registry import ATTACKS
+from bench.core.knobs import Count, Share
+from bench.core.registry import ATTACKS
 
 
 def add_frame(x: torch.Tensor, width: int, color: torch.Tensor) -> torch.Tensor:
@@ -37,7 +37,7 @@ def add_frame(x: torch.Tensor, width: int, color: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class FrameParams(AttackParams):
-    width: Count = 1  # a declared range (bench/knobs.py): `width: 0` is refused before any work
+    width: Count = 1  # a declared range (bench/core/knobs.py): `width: 0` is refused before any work
     color: tuple[Share, ...] = (1.0, 0.0, 1.0)  # magenta, one value per channel in [0, 1]
 
     def __post_init__(self) -> None:

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.knobs import Fraction, NonNegative
-from bench.metrics import accuracy, predict
-from bench.registry import DEFENSES
+from bench.core.knobs import Fraction, NonNegative
+from bench.core.metrics import accuracy, predict
+from bench.core.registry import DEFENSES
 from defenses.base import DataMeter, Defense, DefenseContext, DefenseOutput
 
 
