@@ -116,6 +116,20 @@ def _apply_environment(args: argparse.Namespace) -> None:
     runtime.configure(cfg.device, compile=cfg.compile)  # a bad --device is an error now, not in a worker
 
 
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    """An analysis's rows as a CSV file (columns in the first row's order), written atomically."""
+    import csv
+    import io
+
+    from bench.store import atomic_write_bytes
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
 def preflight(plan) -> list[str]:
     """Every missing dataset file and model weight the plan needs, found by looking
     for files only (seconds), so a run fails before any training rather than hours in."""
@@ -344,8 +358,6 @@ def _check_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    import csv
-    import io
     import time
 
     from bench.cli.args import storage_path
@@ -401,11 +413,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             result = analysis.run_alpha(store, r, alphas)
             stem = f"alpha-{c['model']}-{c['dataset']}-{c['setting']}-{c['attack']}-{c['defense']}-s{c['seed']}"
             analysis.save(result, store, stem)
-            buf = io.StringIO()
-            w = csv.DictWriter(buf, fieldnames=list(result["rows"][0]))
-            w.writeheader()
-            w.writerows(result["rows"])
-            atomic_write_bytes(out / f"{stem}.csv", buf.getvalue().encode())
+            _write_csv(out / f"{stem}.csv", result["rows"])
             atomic_write_bytes(out / f"{stem}.png", plots.alpha_analysis(result))
             console.print(f"  -> {out / stem}.png, .csv; chosen alpha {result['chosen_alpha']}")
     else:
@@ -427,11 +435,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
              "target_bias": result["target_bias"][a][i][j], "trigger_effect": result["trigger_effect"][a][i][j]}
             for a in result["xi"] for i in range(len(grid)) for j in range(len(grid))
         ]  # fmt: skip
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=["vector", "a_c", "a_t", "xi", "target_bias", "trigger_effect"])
-        w.writeheader()
-        w.writerows(rows)
-        atomic_write_bytes(out / f"{stem}.csv", buf.getvalue().encode())
+        _write_csv(out / f"{stem}.csv", rows)
         atomic_write_bytes(out / f"{stem}.png", plots.disentanglement(result))
         names, mat = result["cosine"]["names"], result["cosine"]["matrix"]
         console.print("cosine: " + "; ".join(f"{a}/{b} {mat[i][j]:.3f}" for i, a in enumerate(names)
@@ -443,8 +447,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def _analyze_scale(args, store, suite, out: Path, start: float) -> int:
     """The capacity ladder from the suite's records (bench run --suite scale first)."""
-    import csv
-    import io
     import time
 
     from bench.report import leaderboard, plots
@@ -472,11 +474,7 @@ def _analyze_scale(args, store, suite, out: Path, start: float) -> int:
         analysis.save(result, store, stem)
         for name, rows in (("", result["rows"]), ("-xi", result["xi"])):
             if rows:
-                buf = io.StringIO()
-                w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-                w.writeheader()
-                w.writerows(rows)
-                atomic_write_bytes(out / f"{stem}{name}.csv", buf.getvalue().encode())
+                _write_csv(out / f"{stem}{name}.csv", rows)
         atomic_write_bytes(out / f"{stem}.png", plots.scale(result))
         console.print(f"  -> {out / stem}.png, .csv, -xi.csv in {time.perf_counter() - start:.0f} s")
     return 0
@@ -484,8 +482,6 @@ def _analyze_scale(args, store, suite, out: Path, start: float) -> int:
 
 def _analyze_budget(args, store, suite, out: Path, start: float) -> int:
     """ASR against the attacker's training budget for the named attacks (stage 1 only)."""
-    import csv
-    import io
     import time
 
     from bench.report import plots
@@ -503,11 +499,7 @@ def _analyze_budget(args, store, suite, out: Path, start: float) -> int:
     settings = "+".join(sorted({c.setting for c in cells}))
     stem = f"attack-budget-{suite.name}-{settings}-s{args.seed}"
     analysis.save(result, store, stem)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(result["rows"][0]))
-    w.writeheader()
-    w.writerows(result["rows"])
-    atomic_write_bytes(out / f"{stem}.csv", buf.getvalue().encode())
+    _write_csv(out / f"{stem}.csv", result["rows"])
     atomic_write_bytes(out / f"{stem}.png", plots.budget(result))
     for r in result["rows"]:
         console.print(
