@@ -229,6 +229,23 @@ def test_leaderboard_check_passes_on_a_rerun_and_fails_on_a_hand_edit(tmp_path):
     assert rows.read_text() == edited  # --check never rewrites the committed file
     rows.write_text(original)
 
+    # Rows made on another CPU kind are not compared (reruns are bitwise identical within a
+    # kind only): the check says so in one line and fails, until this kind's reference is added.
+    table = pd.read_csv(rows, float_precision="round_trip")
+    table["cpu"] = "Some Other CPU"
+    table.to_csv(rows, index=False)
+    other = bench(*check)
+    lines = [ln for ln in other.stderr.splitlines() if ln.strip()]
+    assert other.returncode == 1 and len(lines) == 1, other.stderr
+    assert "no committed rows" in lines[0] and "Some Other CPU" in lines[0] and "--add-reference" in lines[0]
+    added = bench(*check, "--add-reference")
+    assert added.returncode == 0, added.stderr
+    (ref,) = lb.glob("tinycheck-rows@*.csv")
+    assert pd.read_csv(ref)["cpu"].nunique() == 1
+    assert bench(*check).returncode == 0  # now compared, exactly, with this kind's reference
+    ref.write_text(edited)  # the hand-edited rows (made on this kind) as its reference: the check fails
+    assert bench(*check).returncode == 1
+
 
 def test_an_adaptive_attack_is_paired_with_its_plain_version_seed_by_seed():
     """tbar-aware (base blended) against blended: per defense, ASR@95 paired over the seeds

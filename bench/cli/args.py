@@ -393,6 +393,12 @@ def build_parser(commands: dict) -> argparse.ArgumentParser:
         help="rerun the commands that made the committed page, from scratch, and compare every (cell, seed, defense) "
         "value with <leaderboards>/<suite>-rows.csv exactly",
     )
+    lb.add_argument(
+        "--add-reference",
+        action="store_true",
+        help="--check on a CPU kind with no committed rows yet: write the rerun as <leaderboards>/<suite>-rows@<cpu>.csv "
+        "(reruns are bitwise identical within one CPU kind only)",
+    )
     lb.add_argument("--executor", choices=["ray", "serial"], default="ray", help="--check: executor for the rerun")
 
     an = command("analyze", "TBAR analyses: alpha curves, weight disentanglement; attack budget curves")

@@ -314,7 +314,7 @@ def _check_leaderboard(args: argparse.Namespace) -> int:
     from bench.report import check, leaderboard, tables
     from bench.run.grid import run_serial
     from bench.run.progress import RunDisplay
-    from bench.store import Store
+    from bench.store import Store, atomic_write_bytes
 
     suite = load_suite(args.suite)
     committed_path = Path(args.leaderboards) / f"{suite.name}-rows.csv"
@@ -322,8 +322,18 @@ def _check_leaderboard(args: argparse.Namespace) -> int:
         console.print(f"bench: error: {committed_path} does not exist; generate it with bench run --suite {args.suite} "
                       f"--leaderboards {args.leaderboards}")  # fmt: skip
         return 2
-    committed = check.read_rows(committed_path.read_text())
-    selections = check.page_selections(committed, suite)
+    from bench.core.runtime import cpu_model
+
+    page_rows = check.read_rows(committed_path.read_text())
+    kind = tables.cpu_kind(cpu_model())
+    reference, committed = check.reference_for(args.leaderboards, suite.name, kind)
+    if reference is None and not args.add_reference:
+        console.print(f"bench: error: no committed rows of suite {suite.name!r} were made on this CPU ({kind}); found: "
+                      f"{'; '.join(committed) or 'none'}. Reruns are bitwise identical within one CPU kind only "
+                      f"(docs/protocol.md): add this kind's reference with bench leaderboard --check --suite "
+                      f"{args.suite} --add-reference, and commit {check.reference_path(args.leaderboards, suite.name, kind)}")  # fmt: skip
+        return 1
+    selections = check.page_selections(page_rows, suite)
     plan = check.union_plan(suite, selections)
     console.print(f"check: rerunning the page's {len(selections)} command(s), {len(plan.trials)} trials:")
     for sel in selections:
@@ -344,16 +354,27 @@ def _check_leaderboard(args: argparse.Namespace) -> int:
                           f"({summary.aborted or f'{len(summary.failed)} failed trials'})")  # fmt: skip
             return 1
         records = leaderboard.select_records(store.records(), suite.name)
-        fresh = check.read_rows(check.rows_csv(tables.records_frame(records)))
+        fresh_csv = check.rows_csv(tables.records_frame(records))
+        fresh = check.read_rows(fresh_csv)
+    if reference is None:  # --add-reference on a new CPU kind: the rerun becomes its reference
+        missing = check.compare_rows(page_rows, fresh)
+        missing = [m for m in missing if ": in the committed page" in m or ": produced by the rerun" in m]
+        if missing:
+            console.print("[red]check failed[/]: the rerun's rows are not the page's rows: " + "; ".join(missing))
+            return 1
+        path = check.reference_path(args.leaderboards, suite.name, kind)
+        atomic_write_bytes(path, fresh_csv.encode())
+        console.print(f"reference written: {path} ({len(fresh)} rows made on {kind}); commit it beside {committed_path}")
+        return 0
     problems = check.compare_rows(committed, fresh)
     if problems:
-        console.print(f"[red]check failed[/]: {committed_path} differs from a fresh run of its own commands:")
+        console.print(f"[red]check failed[/]: {reference} differs from a fresh run of its own commands:")
         for line in problems:
             console.print(f"  {line}", highlight=False)
         console.print("regenerate it with the commands above")
         return 1
-    console.print(f"[green]check passed[/]: {committed_path} equals a fresh run of its own commands, every value "
-                  f"of all {len(committed)} rows exactly")  # fmt: skip
+    console.print(f"[green]check passed[/]: {reference} ({kind}) equals a fresh run of the page's own commands, "
+                  f"every value of all {len(committed)} rows exactly")  # fmt: skip
     return 0
 
 

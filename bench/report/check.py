@@ -34,13 +34,51 @@ GROUP = ["model", "dataset", "setting"]
 
 
 def rows_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """The page's rows, sorted, with the columns the check compares."""
-    cols = [c for c in ROW_VALUES if c in frame]
-    out = frame[[*ROW_KEYS, *cols]].copy() if len(frame) else pd.DataFrame(columns=[*ROW_KEYS, *ROW_VALUES])
+    """The page's rows, sorted, with the columns the check compares and the CPU that made each."""
+    cols = [c for c in ["cpu", *ROW_VALUES] if c in frame]
+    out = frame[[*ROW_KEYS, *cols]].copy() if len(frame) else pd.DataFrame(columns=[*ROW_KEYS, "cpu", *ROW_VALUES])
     for c in ROW_VALUES:
         if c not in out:
             out[c] = float("nan")
-    return out[[*ROW_KEYS, *ROW_VALUES]].sort_values(ROW_KEYS).reset_index(drop=True)
+    if "cpu" not in out:
+        out["cpu"] = "unknown"
+    return out[[*ROW_KEYS, "cpu", *ROW_VALUES]].sort_values(ROW_KEYS).reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- one reference per CPU kind
+# The reproducibility mode caps every library at AVX2 and runs one thread per unit, which
+# makes reruns bitwise identical on machines of one kind. Across CPU vendors it does not
+# (measured: the ci rows made on an AMD EPYC and rerun on an Intel Xeon differ in every
+# cell, e.g. the clean reference's CA 84.75% vs 84.50%; docs/protocol.md). So the check
+# compares a rerun with rows made on the same CPU model: the page's own rows, or a
+# reference `<suite>-rows@<kind>.csv` committed beside them for another kind.
+
+
+def kind_slug(kind: str) -> str:
+    return "-".join("".join(ch.lower() if ch.isalnum() else " " for ch in kind).split()) or "unknown"
+
+
+def reference_for(folder, suite: str, kind: str):
+    """(path, rows) of the committed rows made on CPU `kind`, else (None, [kinds found])."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    found = []
+    for path in [folder / f"{suite}-rows.csv", *sorted(folder.glob(f"{suite}-rows@*.csv"))]:
+        if not path.exists():
+            continue
+        rows = read_rows(path.read_text())
+        kinds = set(rows["cpu"]) if "cpu" in rows else {"unknown"}
+        if kinds == {kind}:
+            return path, rows
+        found.append(", ".join(sorted(map(str, kinds))))
+    return None, found
+
+
+def reference_path(folder, suite: str, kind: str):
+    from pathlib import Path
+
+    return Path(folder) / f"{suite}-rows@{kind_slug(kind)}.csv"
 
 
 def rows_csv(frame: pd.DataFrame) -> str:

@@ -57,6 +57,15 @@ def _mean(values) -> float:
     return sum(vals) / len(vals) if vals else float("nan")
 
 
+def cpu_kind(cpu: str | None) -> str:
+    """The CPU model a record ran on, without its core count ("AMD EPYC (2 cores)" -> "AMD
+    EPYC"): with one torch thread per unit the core count does not change a number."""
+    if not cpu:
+        return "unknown"
+    head, sep, tail = cpu.rpartition(" (")
+    return head if sep and tail.endswith("cores)") else cpu
+
+
 def record_row(r: dict) -> dict:
     """The flat row of one ok record."""
     c, m, cost = r["config"], r["metrics"], r.get("cost") or {}
@@ -66,6 +75,7 @@ def record_row(r: dict) -> dict:
         **{k: c[k] for k in KEYS},
         "seed": c["seed"],
         "trial_id": r.get("trial_id"),
+        "cpu": cpu_kind((r.get("worker") or {}).get("cpu")),
         "ca": _num(m.get("ca")),
         "asr": _num(m.get("asr")),
         "ra": _num(m.get("ra")),
