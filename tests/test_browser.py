@@ -43,14 +43,14 @@ def test_the_page_sorts_and_fits_1280px(drv):
 
     assert drv.title and "Leaderboard" in drv.find_element(By.TAG_NAME, "h1").text
     assert browser.overflow_px(drv) <= 0, "the page is wider than 1280 px"
-    heads = drv.find_elements(By.CSS_SELECTOR, "#summary-table thead th")
+    heads = drv.find_elements(By.CSS_SELECTOR, "#summary-table-0 thead th")
     names = [h.text.strip() for h in heads]
     col = next(i for i, n in enumerate(names) if n.startswith("ASR@95"))
     heads[col].click()
-    asc = [v for v in _column(drv, "summary-table", col) if v is not None]
+    asc = [v for v in _column(drv, "summary-table-0", col) if v is not None]
     assert asc == sorted(asc) and len(asc) >= 2, asc
     heads[col].click()
-    desc = [v for v in _column(drv, "summary-table", col) if v is not None]
+    desc = [v for v in _column(drv, "summary-table-0", col) if v is not None]
     assert desc == sorted(desc, reverse=True), desc
     # every table is either narrower than the window or scrolls inside its own box
     wide = drv.execute_script(
