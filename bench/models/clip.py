@@ -31,7 +31,7 @@ class ClipArch:
     the micro suite needs; it stays available as an option (docs/world.md, "Threat
     settings and attack training regimes")."""
 
-    vision: str = "modified-resnet"  # or "half-resnet", "vit"
+    vision: str = "modified-resnet"  # or "fine-resnet", "half-resnet", "vit"
     vision_channels: tuple[int, int, int, int] = (16, 64, 128, 256)  # half-resnet stages
     vit_layers: int = 2  # vit: transformer blocks (width vision_width, patch_size px patches)
     patch_size: int = 4
@@ -86,9 +86,31 @@ class HalfResNetTower(nn.Module):
         return self.proj(self.trunk(x))
 
 
+def fine_modified_resnet(arch: ClipArch) -> nn.Module:
+    """open_clip's ModifiedResNet without the stem's 2x2 average pool: a 32 px image reaches
+    the first stage at 16x16 (not 8x8) and the attention pool at 2x2 (not 1x1), so a
+    3 px patch spans about two first-stage cells instead of a fraction of one, closer to how
+    RN50 sees a CIFAR image upsampled to 224 px. The attention pool's positional embedding
+    is sized for the 2x2 map (open_clip sizes it image_size // 32, hence 2 * image_size)."""
+    from open_clip.modified_resnet import ModifiedResNet
+
+    tower = ModifiedResNet(
+        layers=list(arch.vision_layers),
+        output_dim=arch.embed_dim,
+        heads=arch.vision_width * 32 // arch.vision_head_width,
+        image_size=2 * arch.image_size,
+        width=arch.vision_width,
+    )
+    tower.avgpool = nn.Identity()
+    tower.image_size = arch.image_size
+    return tower
+
+
 def build_clip(arch: ClipArch) -> CLIP:
-    if arch.vision not in ("modified-resnet", "half-resnet", "vit"):
-        raise ValueError(f"ClipArch.vision {arch.vision!r} is not allowed; allowed: half-resnet, modified-resnet, vit")
+    if arch.vision not in ("modified-resnet", "fine-resnet", "half-resnet", "vit"):
+        raise ValueError(
+            f"ClipArch.vision {arch.vision!r} is not allowed; allowed: fine-resnet, half-resnet, modified-resnet, vit"
+        )
     vit = arch.vision == "vit"
     model = CLIP(
         embed_dim=arch.embed_dim,
@@ -109,6 +131,8 @@ def build_clip(arch: ClipArch) -> CLIP:
     )
     if arch.vision == "half-resnet":
         model.visual = HalfResNetTower(arch.vision_channels, arch.vision_layers, arch.embed_dim, arch.image_size)
+    if arch.vision == "fine-resnet":
+        model.visual = fine_modified_resnet(arch)
     # The tiny CLIP's own input statistics (open_clip would assume OpenAI's).
     open_clip.set_model_preprocess_cfg(model, {"size": (arch.image_size, arch.image_size), "mean": MEAN, "std": STD})
     return model

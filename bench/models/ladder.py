@@ -41,6 +41,22 @@ RUNGS: dict[str, tuple[str, dict]] = {
 }
 
 
+# Issue 22's candidates for the default world's victim: the geometry of real CLIP on a 32 px
+# image. ViT-B/32 sees a CIFAR image upsampled to 224 px as 7x7 tokens of about 4.6 source
+# pixels; clip-vit-s sees it as 8x8 tokens of 4 px. RN50 keeps about 5x5 first-stage cells
+# under a 3 px patch; clip-rn-fine (tiny-clip's tower without the stem's average pool) about 2x2.
+CANDIDATES: dict[str, tuple[str, dict]] = {
+    "clip-vit-s": (
+        "world candidate: CLIP with a ViT image tower (4 blocks, width 96, 4 px patches: 8x8 tokens), pre-trained here",
+        {"vision": "vit", "vision_width": 96, "vit_layers": 4, "pretrain_steps": 1500, "pretrain_lr": 1e-3},
+    ),
+    "clip-rn-fine": (
+        "world candidate: tiny-clip's ModifiedResNet without the stem's average pool (16x16 first stage), pre-trained here",
+        {"vision": "fine-resnet", "vision_width": 16, "pretrain_steps": 1000},
+    ),
+}
+
+
 def _params_class(name: str, defaults: dict) -> type:
     # Each field keeps tiny-clip's annotation (its declared range, bench/core/knobs.py); only the default differs.
     hints = typing.get_type_hints(TinyClipParams, include_extras=True)
@@ -48,7 +64,7 @@ def _params_class(name: str, defaults: dict) -> type:
     return make_dataclass(f"{name.title().replace('-', '')}Params", fields, bases=(TinyClipParams,), frozen=True)
 
 
-for _name, (_desc, _defaults) in RUNGS.items():
+for _name, (_desc, _defaults) in {**RUNGS, **CANDIDATES}.items():
     _cls = _params_class(_name, _defaults)
     MODELS.add(
         _name,
