@@ -6,7 +6,7 @@ import re
 
 from rich.console import Console
 
-from bench.run.progress import RunDisplay, clock
+from bench.run.progress import RunDisplay, StepLines, clock
 
 
 def _record(defense: str, status: str = "ok") -> dict:
@@ -54,3 +54,21 @@ def test_a_terminal_gets_a_live_bar_and_no_plain_lines():
 
 def test_clock():
     assert clock(0) == "0:00" and clock(61.4) == "1:01" and clock(3725) == "1:02:05"
+
+
+def test_step_lines_print_the_first_step_then_at_most_every_period_then_the_last(monkeypatch):
+    """`bench pretrain` off a terminal: a line at step 1, none while the period has not passed,
+    one once it has, and always the last step; the ETA comes from the pace after step 1 (65 s for 2 steps, 7 left)."""
+    now = [100.0]
+    monkeypatch.setattr("bench.run.progress.time.monotonic", lambda: now[0])
+    buf = io.StringIO()
+    lines = StepLines(Console(file=buf, width=200), "pre-training m", total=10, every=60)
+    for step, t in ((1, 110), (2, 120), (3, 175), (4, 180), (10, 200)):
+        now[0] = t
+        lines.update(step, f"loss {step}")
+    got = buf.getvalue().splitlines()
+    assert got == [
+        "[0:10] pre-training m: step 1/10, loss 1, eta unknown",
+        "[1:15] pre-training m: step 3/10, loss 3, eta 3:48",
+        "[1:40] pre-training m: step 10/10, loss 10, eta 0:00",
+    ], got

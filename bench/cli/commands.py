@@ -570,20 +570,31 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     if args.check_shipped and shipped is None:
         raise ConfigError(f"--check-shipped: no checkpoint of --model {args.model} with these settings is shipped")
     _threads()
-    with Progress(
-        TextColumn(f"pre-training {args.model}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[loss]}"),
-        console=console,
-    ) as bar:
+    label = f"pre-training {args.model}"
+    if console.is_terminal:
+        bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                       TextColumn("{task.fields[loss]}"), console=console)  # fmt: skip
         task = bar.add_task("pretrain", total=cfg.steps, loss="")
+
+        def on_step(s, loss):
+            bar.update(task, completed=s + 1, loss=f"loss {loss:.3f}")
+
+        def on_stage(source):
+            bar.update(task, loss=source)
+    else:  # a log or CI: a plain line at least every minute, not a bar that prints nothing until it ends
+        from bench.run.progress import StepLines
+
+        bar, lines = contextlib.nullcontext(), StepLines(console, label, cfg.steps)
+
+        def on_step(s, loss):
+            lines.update(s + 1, f"loss {loss:.3f}")
+
+        def on_stage(source):
+            console.print(f"{label}: {source}", highlight=False, markup=False)
+
+    with bar:
         _, info = get_pretrained(
-            cfg,
-            on_step=lambda s, loss: bar.update(task, completed=s + 1, loss=f"loss {loss:.3f}"),
-            force=args.force or args.check_shipped,
-            on_stage=lambda source: bar.update(task, loss=source),
+            cfg, on_step=on_step, force=args.force or args.check_shipped, on_stage=on_stage
         )
     built = checkpoint_path(cfg).with_suffix(".safetensors")
     out.print_json(data={"checkpoint": str(built), **info})

@@ -157,3 +157,31 @@ class RunDisplay:
         if self._thread is not None:
             self._thread.join(timeout=1)
             self.console.print(self.line(), highlight=False, markup=False)
+
+
+class StepLines:
+    """A long loop of steps (`bench pretrain`) shown off a terminal: a plain line at the first
+    step, then at least every `every` seconds, then at the last, each with the step, the loss,
+    the elapsed time and the time left at the pace since the first step (the set-up before
+    it, such as drawing the corpus, is not a step). On a terminal the CLI shows a bar."""
+
+    def __init__(self, console: Console, label: str, total: int, every: float = 60.0):
+        self.console, self.label, self.total, self.every = console, label, total, every
+        self.t0 = time.monotonic()
+        self._last: float | None = None
+        self._first: tuple[float, int] | None = None  # (time, steps done) at the first update
+
+    def update(self, done: int, note: str = "") -> None:
+        now = time.monotonic()
+        if self._last is not None and now - self._last < self.every and done < self.total:
+            return
+        self._last = now
+        if self._first is None:
+            self._first = (now, done)
+        t1, d1 = self._first
+        left = clock((now - t1) / (done - d1) * (self.total - done)) if done > d1 else "unknown"
+        spent = now - self.t0
+        note = f", {note}" if note else ""
+        self.console.print(
+            f"[{clock(spent)}] {self.label}: step {done}/{self.total}{note}, eta {left}", highlight=False, markup=False
+        )
