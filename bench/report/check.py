@@ -96,16 +96,22 @@ def _same(x, y) -> bool:
     return (xn and yn) or (not xn and not yn and float(x) == float(y))
 
 
+def compare_keys(committed: pd.DataFrame, fresh: pd.DataFrame) -> list[str]:
+    """The rows one side has and the other lacks (by ROW_KEYS), one readable line each;
+    what `--add-reference` needs, since another CPU kind's values may differ."""
+    old = committed.set_index(ROW_KEYS).index
+    new = fresh.set_index(ROW_KEYS).index
+    return [f"{'/'.join(map(str, k))}: in the committed page, not produced by the rerun" for k in old.difference(new)] + [
+        f"{'/'.join(map(str, k))}: produced by the rerun, missing from the committed page" for k in new.difference(old)
+    ]
+
+
 def compare_rows(committed: pd.DataFrame, fresh: pd.DataFrame) -> list[str]:
     """Every difference between the committed rows and a rerun's, one readable line each
     (empty when they are identical)."""
-    problems = []
+    problems = compare_keys(committed, fresh)
     old = committed.set_index(ROW_KEYS)
     new = fresh.set_index(ROW_KEYS)
-    for key in old.index.difference(new.index):
-        problems.append(f"{'/'.join(map(str, key))}: in the committed page, not produced by the rerun")
-    for key in new.index.difference(old.index):
-        problems.append(f"{'/'.join(map(str, key))}: produced by the rerun, missing from the committed page")
     for key in old.index.intersection(new.index):
         a, b = old.loc[key], new.loc[key]
         for col in ROW_VALUES:

@@ -71,7 +71,8 @@ class RayOptions:
 
 def run_unit(cfg: dict, root: str, threads: int, unit: dict, artifact: dict | None = None) -> dict:
     """One unit of grid work, as a Ray task. `artifact` is the stage-1 result a stage-2
-    unit depends on (Ray resolves its ObjectRef before the task starts)."""
+    unit depends on: Ray resolves its ObjectRef before the task starts, which is all it is
+    for (the driver dispatches a trial only after its artifact landed ok)."""
     import ray
     import torch
 
@@ -93,12 +94,12 @@ def run_unit(cfg: dict, root: str, threads: int, unit: dict, artifact: dict | No
         runtime.configure(pc.device, compile=pc.compile)
         load_plugins()
         try:
-            return _run_unit(unit, open_store(root), worker, artifact)
+            return _run_unit(unit, open_store(root), worker)
         except StoreWriteError as e:  # the storage refused a write: the driver stops the grid
             return {"stage": unit["stage"], "storage_error": str(e), "node_id": worker["node_id"], "compute_s": 0.0}
 
 
-def _run_unit(unit: dict, store: Store, worker: dict, artifact: dict | None) -> dict:
+def _run_unit(unit: dict, store: Store, worker: dict) -> dict:
     if unit["stage"] == 1:
         result = attack_unit(ArtifactSpec.from_json(unit["artifact"]), store)
         return {
@@ -109,8 +110,6 @@ def _run_unit(unit: dict, store: Store, worker: dict, artifact: dict | None) -> 
             "compute_s": result["compute_s"],
             "node_id": worker["node_id"],
         }
-    if artifact is not None and not artifact.get("ok"):
-        return {"stage": 2, "skipped": True, "compute_s": 0.0, "node_id": worker["node_id"]}
     result = defense_unit(TrialSpec.from_json(unit["trial"]), store, worker=worker)
     return {
         "stage": 2,
