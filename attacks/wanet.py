@@ -23,6 +23,7 @@ from attacks.base import Attack, AttackParams, PoisonedSet
 from attacks.images import save_png
 from bench.core.knobs import NonNegative
 from bench.core.registry import ATTACKS
+from bench.core.splits import subseed
 
 
 def control_grid(k: int, seed: int) -> torch.Tensor:
@@ -95,7 +96,7 @@ class Wanet(Attack):
         rate = self.poison_rate(y, default_rate)
         free = np.setdiff1d(np.arange(len(y)), out.poisoned.numpy())
         n = min(len(free), round(self.params.cross_ratio * rate * len(y)))
-        rng = np.random.default_rng(seed + 1)
+        rng = np.random.default_rng(subseed(seed, "wanet-noise"))
         cross = torch.from_numpy(np.sort(rng.choice(free, size=n, replace=False))).long()
         if n:
             _, h, w = self.image_shape

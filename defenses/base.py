@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench.core.splits import subseed
 from bench.core.tradeoff import KnobSpec
 from bench.data.base import LabeledDataset, Split
 from bench.protocol.settings import Setting
@@ -107,7 +108,7 @@ class DefenseContext:
     victim: Victim | None = None
 
     def generator(self, offset: int = 0) -> torch.Generator:
-        return torch.Generator().manual_seed(self.seed * 1000 + 17 + offset)
+        return torch.Generator().manual_seed(subseed(self.seed, "defense-data") + offset)
 
     def clean_subset(self, fraction: float) -> tuple[Split, torch.Tensor]:
         """The first round(fraction * train_size) samples of the (already shuffled)

@@ -26,6 +26,7 @@ from bench.core import taskvec, tradeoff
 from bench.core.knobs import Count, Fraction, Index, NonNegative, Positive
 from bench.core.metrics import accuracy, attack_success_rate, predict
 from bench.core.registry import DEFENSES
+from bench.core.splits import subseed
 from bench.core.tradeoff import KnobSpec
 from bench.core.train import TrainSpec
 from defenses.base import DataMeter, Defense, DefenseContext, DefenseOutput, TrainingSet
@@ -95,7 +96,7 @@ def trigger_set(ctx: DefenseContext, fraction: float, variant: str) -> TrainingS
         return trig
     # mix: as many clean samples (with true labels) as triggered ones
     n = len(trig)
-    clean_y = encode(clean.labels[:n], ctx.dataset, ctx.seed + 1, ctx.model)
+    clean_y = encode(clean.labels[:n], ctx.dataset, subseed(ctx.seed, "tbar-mix-clean"), ctx.model)
     return TrainingSet.concat(trig, TrainingSet(x[:n], clean_y, idx[:n], torch.zeros(n, dtype=torch.bool)))
 
 
